@@ -1,0 +1,43 @@
+# Two entry points: `make run` (Detour on config.yaml) and `make test` (the whole suite + lint + types).
+# Each creates .venv with the interpreter in $(PYTHON) on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8080
+REVERSE_BASE ?= 8081
+
+.PHONY: run web test lint bench clean
+
+$(BIN)/mitmdump: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(BIN)/mitmdump
+
+# System proxy on :8080, base-URL listeners on :8081 (Anthropic), :8082 (OpenAI), :8083 (Gemini).
+run: $(BIN)/mitmdump
+	$(BIN)/mitmdump -s addon/detour.py --set detour_config=config.yaml \
+	  --mode regular@$(PORT) \
+	  --mode reverse:https://api.anthropic.com@$(REVERSE_BASE) \
+	  --mode reverse:https://api.openai.com@$$(($(REVERSE_BASE)+1)) \
+	  --mode reverse:https://generativelanguage.googleapis.com@$$(($(REVERSE_BASE)+2))
+
+web: $(BIN)/mitmdump
+	$(BIN)/mitmweb -s addon/detour.py --set detour_config=config.yaml \
+	  --mode regular@$(PORT) \
+	  --mode reverse:https://api.anthropic.com@$(REVERSE_BASE) \
+	  --mode reverse:https://api.openai.com@$$(($(REVERSE_BASE)+1)) \
+	  --mode reverse:https://generativelanguage.googleapis.com@$$(($(REVERSE_BASE)+2))
+
+lint: $(BIN)/mitmdump
+	$(BIN)/ruff check addon tests bench
+	$(BIN)/mypy addon
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/mitmdump
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

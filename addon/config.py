@@ -1,0 +1,477 @@
+"""Loads config.yaml into the frozen `addon.model.Config`, or fails with one precise line.
+
+The file is hand-edited by people who are not reading our code, so every problem is reported with the
+file name and the exact key path (`apps.claude.providers[1].base_url`), and typos are errors rather
+than silently ignored keys. Secrets are handled with care: an `api_key` value is never echoed, and a
+`base_url` is only ever shown as written, before `${VAR}` expansion could splice a secret into it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, cast
+from urllib.parse import urlsplit
+
+import yaml
+
+from addon.model import (
+    AUTH_STYLES,
+    DEFAULT_CLIENT_ERRORS,
+    DEFAULT_FAILOVER_4XX,
+    ERROR_SHAPES,
+    App,
+    AuthStyle,
+    BreakerPolicy,
+    Config,
+    ErrorShape,
+    Provider,
+    StatusPolicy,
+    Timeouts,
+)
+
+#: The model-API paths routed when an app lists none: only these may be sent to a backup provider.
+DEFAULT_PATHS: dict[ErrorShape, tuple[str, ...]] = {
+    "anthropic": ("/v1/messages*", "/v1/complete"),
+    "openai": (
+        "/v1/chat/completions", "/v1/responses", "/v1/responses/*", "/v1/completions", "/v1/embeddings",
+    ),
+    "gemini": ("/v1beta/models/*", "/v1/models/*"),
+}
+DEFAULT_AUTH: dict[ErrorShape, AuthStyle] = {
+    "anthropic": "x-api-key",
+    "openai": "bearer",
+    "gemini": "x-goog-api-key",
+}
+
+_TOP_KEYS = ("state", "breaker", "timeouts", "switch_min_interval", "attempt_log_limit", "apps")
+_APP_KEYS = (
+    "hosts", "providers", "paths", "max_attempts", "timeouts", "error_shape",
+    "failover_statuses", "client_error_statuses",
+)  # fmt: skip
+_PROVIDER_KEYS = ("id", "base_url", "api_key", "auth", "models", "breaker", "enabled")
+_APP_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+_PROVIDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+_VAR_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_HINT = "must be a duration such as 500ms, 30s, 10m or 1h"
+_MAX_TIMEOUT = 3600.0
+
+
+class ConfigError(ValueError):
+    """The config is unusable; `str()` is the complete one-line message for the operator."""
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `30s`-style text or a bare number; the message is a suffix for a key path."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{_DURATION_HINT}, got {_kind(value)}")
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value)
+        if match is None:
+            raise ValueError(f"{_DURATION_HINT}, got {_show(value)}")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(value):
+        raise ValueError(f"{_DURATION_HINT}, got {_show(value)}")
+    if value < 0:
+        raise ValueError(f"must not be negative, got {_show(value)}")
+    return float(value)
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: cannot read file: not valid UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read file: {exc.strerror or exc}") from None
+    return parse_config(text, path, os.environ if env is None else env)
+
+
+def parse_config(text: str, source: Path, env: Mapping[str, str]) -> Config:
+    """`source` only names the file in messages and anchors `state`; nothing is read from disk."""
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}: invalid YAML{where}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+    return _Parser(str(source), env).config(source, document)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load's loader, except a key repeated in one mapping is an error, not last-one-wins:
+    a second `claude:` app or `api_key:` silently replacing the first is a nasty surprise."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+@dataclass(frozen=True)
+class _At:
+    """A position in the document, so every check can build its own fully-qualified error."""
+
+    source: str
+    path: str = ""
+
+    def key(self, name: object) -> _At:
+        return _At(self.source, f"{self.path}.{name}" if self.path else str(name))
+
+    def item(self, label: object) -> _At:
+        return _At(self.source, f"{self.path}[{label}]")
+
+    def note(self, text: str) -> str:
+        return f"{self.source}: {self.path}: {text}" if self.path else f"{self.source}: {text}"
+
+    def error(self, problem: str) -> ConfigError:
+        return ConfigError(self.note(problem))
+
+
+def _kind(value: object) -> str:
+    """A YAML-flavoured type name, safe to print even for a secret."""
+    if value is None:
+        return "null"
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "mapping", list: "list"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return _kind(value)
+
+
+def _mapping(at: _At, value: object, allowed: Iterable[str] | None = None) -> dict[Any, object]:
+    """The mapping with null values dropped, so a key left empty (`paths:`) means "use the default"."""
+    if not isinstance(value, dict):
+        raise at.error(f"must be a mapping, got {_kind(value)}")
+    if allowed is not None:
+        known = sorted(allowed)
+        for key in value:
+            if key not in known:
+                raise at.key(key).error(f"unknown key (expected one of: {', '.join(known)})")
+    return {k: v for k, v in value.items() if v is not None}
+
+
+def _required(at: _At, fields: Mapping[str, object], key: str) -> object:
+    if key not in fields:
+        raise at.error(f"missing required key '{key}'")
+    return fields[key]
+
+
+def _list(at: _At, value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise at.error(f"must be a list, got {_kind(value)}")
+    if not value:
+        raise at.error("must not be empty")
+    return value
+
+
+def _str(at: _At, value: object) -> str:
+    if not isinstance(value, str):
+        raise at.error(f"must be a string, got {_kind(value)}")
+    if not value:
+        raise at.error("must not be empty")
+    return value
+
+
+def _choice(at: _At, value: object, choices: Iterable[str]) -> str:
+    options = tuple(choices)
+    if _str(at, value) not in options:
+        raise at.error(f"must be one of {', '.join(options)}, got {_show(value)}")
+    return cast(str, value)
+
+
+def _int(at: _At, value: object, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise at.error(f"must be an integer, got {_kind(value)}")
+    if hi is None and value < lo:
+        raise at.error(f"must be >= {lo}, got {value}")
+    if hi is not None and not lo <= value <= hi:
+        raise at.error(f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _rate(at: _At, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise at.error(f"must be a number, got {_kind(value)}")
+    if not 0 < value <= 1:
+        raise at.error(f"must be > 0 and <= 1, got {_show(value)}")
+    return float(value)
+
+
+def _duration(at: _At, value: object, positive: bool = True, limit: float | None = None) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise at.error(str(exc)) from None
+    if (positive and seconds <= 0) or (limit is not None and seconds > limit):
+        bound = "> 0" if limit is None else f"> 0 and <= {_secs(limit)}"
+        raise at.error(f"must be {bound}, got {_show(value)}")
+    return seconds
+
+
+def _secs(seconds: float) -> str:
+    return "1h" if seconds == 3600 else f"{seconds:g}s"
+
+
+class _Entry(NamedTuple):
+    """A provider as configured; `provider` is None when it was switched off, with `why` saying how."""
+
+    id: str
+    at: _At
+    provider: Provider | None
+    why: str
+
+
+class _Parser:
+    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+        self.root = _At(source)
+        self.env = env
+        self.warnings: list[str] = []
+        #: Where each host was first claimed, since a host may route to only one app.
+        self.owners: dict[str, _At] = {}
+
+    def config(self, source: Path, document: object) -> Config:
+        at = self.root
+        top = _mapping(at, document, _TOP_KEYS)
+        state = _str(at.key("state"), top.get("state", "detour.db"))
+        breaker = self.breaker(at.key("breaker"), top.get("breaker", {}), BreakerPolicy())
+        timeouts = self.timeouts(at.key("timeouts"), top.get("timeouts", {}), Timeouts())
+        interval = _duration(at.key("switch_min_interval"), top.get("switch_min_interval", 10.0), False)
+        log_limit = _int(at.key("attempt_log_limit"), top.get("attempt_log_limit", 10_000), 100)
+        apps_at = at.key("apps")
+        apps = _mapping(apps_at, _required(at, top, "apps"))
+        if not apps:
+            raise apps_at.error("must not be empty")
+        parsed = tuple(self.app(apps_at.key(name), name, spec, breaker, timeouts)
+                       for name, spec in apps.items())
+        return Config(
+            source=source,
+            state=Path(os.path.abspath(source.parent / Path(state).expanduser())),
+            apps=parsed,
+            breaker=breaker,
+            timeouts=timeouts,
+            switch_min_interval=interval,
+            attempt_log_limit=log_limit,
+            warnings=tuple(self.warnings),
+        )
+
+    def breaker(self, at: _At, value: object, base: BreakerPolicy) -> BreakerPolicy:
+        """Validates the keys present and merges them over `base`, so overrides may be partial."""
+        fields = _mapping(at, value, [f.name for f in dataclasses.fields(BreakerPolicy)])
+        changes: dict[str, Any] = {}
+        for name, raw in fields.items():
+            if name == "error_rate":
+                changes[name] = _rate(at.key(name), raw)
+            elif name in ("window", "open_for", "max_open_for"):
+                changes[name] = _duration(at.key(name), raw)
+            else:
+                changes[name] = _int(at.key(name), raw, 1)
+        merged = dataclasses.replace(base, **changes)
+        if merged.max_open_for < merged.open_for:
+            raise at.key("max_open_for").error(
+                f"must be >= open_for ({_secs(merged.open_for)}), got {_secs(merged.max_open_for)}"
+            )
+        return merged
+
+    def timeouts(self, at: _At, value: object, base: Timeouts) -> Timeouts:
+        fields = _mapping(at, value, [f.name for f in dataclasses.fields(Timeouts)])
+        changes = {name: _duration(at.key(name), raw, limit=_MAX_TIMEOUT) for name, raw in fields.items()}
+        return dataclasses.replace(base, **changes)
+
+    def app(self, at: _At, name: object, value: object, breaker: BreakerPolicy, timeouts: Timeouts) -> App:
+        if not isinstance(name, str) or not _APP_NAME.fullmatch(name):
+            raise at.error("app name must match [a-z][a-z0-9_-]*")
+        spec = _mapping(at, value, _APP_KEYS)
+        hosts = self.hosts(at.key("hosts"), _required(at, spec, "hosts"))
+        shape = _guess_shape(hosts)
+        if "error_shape" in spec:
+            shape = cast(ErrorShape, _choice(at.key("error_shape"), spec["error_shape"], ERROR_SHAPES))
+        paths = DEFAULT_PATHS[shape]
+        if "paths" in spec:
+            paths_at = at.key("paths")
+            paths = tuple(_url_path(paths_at.item(i), p)
+                          for i, p in enumerate(_list(paths_at, spec["paths"])))
+        queue = self.providers(at.key("providers"), _required(at, spec, "providers"), shape, breaker)
+        return App(
+            name=name,
+            hosts=hosts,
+            providers=queue,
+            paths=paths,
+            max_attempts=_int(at.key("max_attempts"), spec.get("max_attempts", 3), 1, 10),
+            timeouts=self.timeouts(at.key("timeouts"), spec.get("timeouts", {}), timeouts),
+            statuses=self.statuses(at, spec),
+            error_shape=shape,
+        )
+
+    def hosts(self, at: _At, value: object) -> tuple[str, ...]:
+        hosts: list[str] = []
+        for i, raw in enumerate(_list(at, value)):
+            host_at = at.item(i)
+            host = _str(host_at, raw).lower().rstrip(".")
+            if not _HOST.fullmatch(host):
+                raise host_at.error(
+                    f"must be a hostname like api.anthropic.com (no scheme, port or path), got {_show(raw)}"
+                )
+            if host in self.owners:
+                raise host_at.error(f"duplicate host {host!r} (also at {self.owners[host].path})")
+            self.owners[host] = host_at
+            hosts.append(host)
+        return tuple(hosts)
+
+    def statuses(self, at: _At, spec: Mapping[str, object]) -> StatusPolicy:
+        def listed(key: str, hi: int) -> frozenset[int]:
+            key_at = at.key(key)
+            return frozenset(_int(key_at.item(i), s, 400, hi) for i, s in enumerate(_list(key_at, spec[key])))
+
+        client = listed("client_error_statuses", 499) if "client_error_statuses" in spec else None
+        extra = listed("failover_statuses", 599) if "failover_statuses" in spec else frozenset()
+        if client is not None and extra & client:
+            clash = min(extra & client)
+            raise at.key("failover_statuses").error(f"{clash} is also listed in client_error_statuses")
+        return StatusPolicy(
+            client_errors=DEFAULT_CLIENT_ERRORS if client is None else client,
+            failover=DEFAULT_FAILOVER_4XX | extra,
+        )
+
+    def providers(
+        self, at: _At, value: object, shape: ErrorShape, breaker: BreakerPolicy
+    ) -> tuple[Provider, ...]:
+        entries: list[_Entry] = []
+        for i, raw in enumerate(_list(at, value)):
+            entry = self.provider(at.item(i), raw, shape, breaker)
+            earlier = next((e for e in entries if e.id == entry.id), None)
+            if earlier is not None:
+                problem = f"duplicate provider id {entry.id!r} (also at {earlier.at.path})"
+                raise entry.at.key("id").error(problem)
+            entries.append(entry)
+        enabled = tuple(e.provider for e in entries if e.provider is not None)
+        if not enabled:
+            reasons = "; ".join(f"{e.id}: {e.why}" for e in entries)
+            raise at.error(f"every provider is disabled ({reasons})")
+        for e in entries:
+            if e.provider is None and e.why != "enabled is false":
+                self.warnings.append(f"{e.at.source}: {e.at.path} ({e.id}): disabled, {e.why}")
+        return enabled
+
+    def provider(self, at: _At, value: object, shape: ErrorShape, breaker: BreakerPolicy) -> _Entry:
+        spec = _mapping(at, value, _PROVIDER_KEYS)
+        provider_id = _str(at.key("id"), _required(at, spec, "id"))
+        if not _PROVIDER_ID.fullmatch(provider_id):
+            raise at.key("id").error(f"must match [A-Za-z0-9][A-Za-z0-9_.-]*, got {_show(provider_id)}")
+        enabled = spec.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise at.key("enabled").error(f"must be true or false, got {_kind(enabled)}")
+        url_at = at.key("base_url")
+        raw_url = _str(url_at, _required(at, spec, "base_url"))
+        base_url, missing = self.expand(url_at, raw_url)
+        if not missing:
+            base_url = _check_url(url_at, base_url, raw_url)
+        api_key = None
+        if "api_key" in spec:
+            key_at = at.key("api_key")
+            api_key, missing_key = self.expand(key_at, _str(key_at, spec["api_key"]))
+            missing += [name for name in missing_key if name not in missing]
+        auth = DEFAULT_AUTH[shape]
+        if "auth" in spec:
+            auth = cast(AuthStyle, _choice(at.key("auth"), spec["auth"], AUTH_STYLES))
+        provider = Provider(
+            id=provider_id,
+            base_url=base_url,
+            api_key=api_key,
+            auth=auth,
+            models=self.models(at.key("models"), spec.get("models", {})),
+            breaker=self.breaker(at.key("breaker"), spec.get("breaker", {}), breaker),
+        )
+        if not enabled:
+            return _Entry(provider_id, at, None, "enabled is false")
+        if missing:
+            plural = "s" if len(missing) > 1 else ""
+            verb = "are" if len(missing) > 1 else "is"
+            why = f"environment variable{plural} {', '.join(missing)} {verb} not set"
+            return _Entry(provider_id, at, None, why)
+        return _Entry(provider_id, at, provider, "")
+
+    def models(self, at: _At, value: object) -> tuple[tuple[str, str], ...]:
+        pairs = []
+        for pattern, target in _mapping(at, value).items():
+            entry_at = at.item(repr(pattern))
+            if not isinstance(pattern, str) or not pattern:
+                raise entry_at.error(f"model pattern must be a non-empty string, got {_kind(pattern)}")
+            pairs.append((pattern, _str(entry_at, target)))
+        return tuple(pairs)
+
+    def expand(self, at: _At, raw: str) -> tuple[str, list[str]]:
+        """`${VAR}` substituted from the environment, plus the names that were unset or empty.
+
+        Never echoes the value: for `api_key` it is the secret, and for anything else it may hold one.
+        """
+        if "${" in _VAR_REF.sub("", raw):
+            raise at.error("malformed ${...} reference, expected ${NAME} with NAME of letters, digits and _")
+        missing: list[str] = []
+
+        def substitute(match: re.Match[str]) -> str:
+            value = self.env.get(match.group(1), "")
+            if not value and match.group(1) not in missing:
+                missing.append(match.group(1))
+            return value
+
+        return _VAR_REF.sub(substitute, raw), missing
+
+
+def _check_url(at: _At, url: str, raw: str) -> str:
+    """The URL with trailing slashes dropped, since the shell appends the client's path to it.
+
+    Problems are shown with the URL as written (`raw`), never the expanded one.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise at.error(f"must be an http:// or https:// URL, got {_show(raw)}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise at.error(f"must be an http:// or https:// URL, got {_show(raw)}")
+    if parts.username is not None or parts.password is not None:
+        raise at.error("must not contain user:password@ credentials, use api_key")
+    if "?" in url or "#" in url:
+        raise at.error(f"must not have a query string or fragment, got {_show(raw)}")
+    return url.rstrip("/")
+
+
+def _url_path(at: _At, value: object) -> str:
+    if not _str(at, value).startswith("/"):
+        raise at.error(f"must start with '/', got {_show(value)}")
+    return cast(str, value)
+
+
+def _guess_shape(hosts: Iterable[str]) -> ErrorShape:
+    hosts = tuple(hosts)
+    if any("anthropic" in h for h in hosts):
+        return "anthropic"
+    if any("googleapis" in h for h in hosts):
+        return "gemini"
+    return "openai"

@@ -1,0 +1,202 @@
+"""The Detour core as one object: config, router, switch manager and state store wired together.
+
+The mitmproxy shell talks only to this class, which is free of mitmproxy, so everything the shell
+decides (who to try next, what a result means, when to switch, what to persist) can be driven
+directly in tests with a fake clock and a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from addon.breaker import Clock, Permit, State, Transition
+from addon.classify import Outcome, Verdict
+from addon.model import App, Config, Provider
+from addon.router import Router
+from addon.store import AttemptRecord, StateStore, redact
+from addon.switch import SwitchEvent, SwitchManager
+
+logger = logging.getLogger("detour")
+
+#: A provider that succeeded this recently is "warm": Detour trusts that it still accepts connections
+#: and skips the connect probe that protects against dead hosts.
+WARM_FOR = 30.0
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """One attempt as the shell reports it, ready to be recorded."""
+
+    app: str
+    provider: str
+    permit: Permit
+    verdict: Verdict
+    latency_ms: float
+
+
+class Core:
+    def __init__(self, config: Config, clock: Clock, store: StateStore) -> None:
+        self.clock = clock
+        self.store = store
+        loaded = store.open()
+        self.config = config
+        self.router = Router(config, clock, loaded.breakers)
+        self.switches = SwitchManager(
+            clock, config.switch_min_interval, loaded.current, self._announce_switch
+        )
+        self._last_success: dict[tuple[str, str], float] = {}
+        self._pins: dict[str, str] = {}
+        self._adopt_current(config)
+        store.set_secrets(self.secrets(config))
+        for warning in (*config.warnings, *loaded.warnings):
+            logger.warning(warning)
+
+    # --- configuration ----------------------------------------------------------------------
+
+    @staticmethod
+    def secrets(config: Config) -> list[str]:
+        return [p.api_key for a in config.apps for p in a.providers if p.api_key]
+
+    def reconfigure(self, config: Config) -> None:
+        """Swap in a reloaded config; breaker state survives for providers that still exist."""
+        for app, provider in self.router.reconfigure(config):
+            self.store.forget_breaker(app, provider)
+        self.config = config
+        self.switches.min_interval = config.switch_min_interval
+        self._pins = {a: p for a, p in self._pins.items() if self._provider(a, p) is not None}
+        self._adopt_current(config)
+        self.store.set_secrets(self.secrets(config))
+        for warning in config.warnings:
+            logger.warning(warning)
+
+    def _adopt_current(self, config: Config) -> None:
+        for app in config.apps:
+            current = self.switches.current(app.name)
+            if current is None or app.provider(current) is None:
+                self.switches.adopt(app.name, app.providers[0].id)
+                self.store.set_current(app.name, app.providers[0].id)
+
+    def _provider(self, app: str, provider: str) -> Provider | None:
+        found = self.config.app(app)
+        return found.provider(provider) if found else None
+
+    # --- routing ----------------------------------------------------------------------------
+
+    def candidates(self, app: App) -> list[Provider]:
+        """Providers to try for one request, best first, at most `max_attempts`."""
+        ordered = self.router.select_providers(app.name)
+        pinned = self._pins.get(app.name)
+        if pinned is not None:
+            ordered.sort(key=lambda p: p.id != pinned)
+        return ordered[: app.max_attempts]
+
+    def acquire(self, app: str, provider: str) -> Permit | None:
+        return self.router.acquire(app, provider)
+
+    def is_warm(self, app: str, provider: str) -> bool:
+        last = self._last_success.get((app, provider))
+        return last is not None and self.clock() - last < WARM_FOR
+
+    def record(self, result: AttemptResult, status: int | None = None) -> Transition | None:
+        """Feed one attempt to its breaker, the attempt log and, on success, the switch manager."""
+        key = (result.app, result.provider)
+        verdict = result.verdict
+        if verdict.outcome is Outcome.SUCCESS:
+            self._last_success[key] = self.clock()
+        elif verdict.outcome in (Outcome.CONNECT_FAILURE, Outcome.TIMEOUT):
+            self._last_success.pop(key, None)
+        transition = self.router.record_result(result.app, result.provider, result.permit, verdict)
+        self.store.log_attempt(
+            AttemptRecord(
+                at=self.clock(),
+                app=result.app,
+                provider=result.provider,
+                status=status if status is not None else verdict.status,
+                outcome=verdict.outcome.value,
+                latency_ms=round(result.latency_ms, 2),
+                error="" if verdict.outcome is Outcome.SUCCESS else verdict.reason,
+            )
+        )
+        if transition is not None:
+            self._persist_breaker(result.app, result.provider, transition)
+        return transition
+
+    def release(self, app: str, provider: str, permit: Permit) -> None:
+        self.router.release(app, provider, permit)
+
+    def served(self, app: str, provider: str, reason: str) -> SwitchEvent | None:
+        """The request was answered by `provider`: move the app's current provider if needed."""
+        return self.switches.observe(app, provider, reason)
+
+    def _persist_breaker(self, app: str, provider: str, transition: Transition) -> None:
+        level = logging.WARNING if transition.after is State.OPEN else logging.INFO
+        logger.log(
+            level,
+            "detour: %s/%s circuit %s -> %s (%s)",
+            app,
+            provider,
+            transition.before.value,
+            transition.after.value,
+            self.redact(transition.reason),
+        )
+        self.store.save_breaker(app, provider, self.router.snapshot(app, provider))
+
+    def _announce_switch(self, event: SwitchEvent) -> None:
+        self.store.set_current(event.app, event.to_provider)
+        how = "manual switch" if event.manual else "failover switch"
+        logger.warning(
+            "detour: %s %s: %s -> %s (%s)",
+            how,
+            event.app,
+            event.from_provider,
+            event.to_provider,
+            self.redact(event.reason),
+        )
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.secrets(self.config))
+
+    # --- operations -------------------------------------------------------------------------
+
+    def switch(self, app: str, provider: str) -> SwitchEvent | None:
+        """Pin `provider` to the front of `app`'s queue and make it current."""
+        self._require(app, provider)
+        self._pins[app] = provider
+        return self.switches.force(app, provider)
+
+    def unpin(self, app: str) -> None:
+        self._require(app, None)
+        self._pins.pop(app, None)
+
+    def reset(self, app: str, provider: str) -> None:
+        self._require(app, provider)
+        self.router.reset(app, provider)
+        self.store.save_breaker(app, provider, self.router.snapshot(app, provider))
+
+    def _require(self, app: str, provider: str | None) -> None:
+        found = self.config.app(app)
+        if found is None:
+            raise ValueError(f"unknown app {app!r}; known: {', '.join(a.name for a in self.config.apps)}")
+        if provider is not None and found.provider(provider) is None:
+            known = ", ".join(p.id for p in found.providers)
+            raise ValueError(f"unknown provider {provider!r} for app {app!r}; known: {known}")
+
+    def status_lines(self) -> list[str]:
+        lines = []
+        for app in self.config.apps:
+            pinned = self._pins.get(app.name)
+            pin = f" (pinned: {pinned})" if pinned else ""
+            lines.append(f"{app.name}: current={self.switches.current(app.name)}{pin}")
+            for st in self.router.status(app.name):
+                probe = f" probe in {st.probe_in:.1f}s" if st.state is State.OPEN else ""
+                lines.append(
+                    f"  {st.provider}: {st.state.value} failures={st.consecutive_failures}{probe}"
+                )
+        return lines
+
+    def close(self) -> None:
+        for app in self.config.apps:
+            for p in app.providers:
+                self.store.save_breaker(app.name, p.id, self.router.snapshot(app.name, p.id))
+        self.store.close()

@@ -1,0 +1,227 @@
+"""One routed client request, from the first provider to the answer the client gets.
+
+The first attempt goes out natively (mitmproxy's own connection, so responses stream); a failure
+status is held back at `responseheaders` and further attempts are sent by the dispatcher while the
+`response` hook is awaited, so the client only ever sees the first good answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import http
+
+from addon.annotate import FailedAttempt, annotate_flow, set_client_headers
+from addon.breaker import Permit
+from addon.classify import ErrorKind, Outcome, Verdict, classify_error, classify_status
+from addon.core import AttemptResult, Core
+from addon.dispatch import AttemptEnd, Dispatcher
+from addon.errors import error_body
+from addon.model import App, Provider
+from addon.rewrite import header_plan, mapped_body, target_url
+from addon.sse import StreamTee
+
+STREAMING_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl")
+ATTEMPT_KEY = "detour_attempt"
+
+
+@dataclass
+class Route:
+    """Mutable bookkeeping of one routed flow (kept beside the flow, never in its metadata)."""
+
+    app: App
+    original: http.Request | None = None
+    queue: list[Provider] = field(default_factory=list)
+    provider: Provider | None = None
+    permit: Permit | None = None
+    sent_at: float = 0.0
+    headers_at: float | None = None
+    verdict: Verdict | None = None
+    tee: StreamTee | None = None
+    timer: asyncio.TimerHandle | None = None
+    timed_out: ErrorKind | None = None
+    failed: list[FailedAttempt] = field(default_factory=list)
+    #: The verdict on the answer the client gets; only a success moves the app's current provider.
+    final: Verdict | None = None
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def is_streaming(response: http.Response) -> bool:
+    content_type = response.headers.get("content-type", "").lower()
+    return any(t in content_type for t in STREAMING_TYPES)
+
+
+def apply_provider(request: http.Request, original: http.Request, provider: Provider) -> None:
+    """Rewrite `request` (a copy of the client's) for `provider`: URL, Host/SNI, credentials, model."""
+    remove, add = header_plan(provider)
+    for name in remove:
+        request.headers.pop(name, None)
+    for name, value in add.items():
+        request.headers[name] = value
+    request.url = target_url(provider, original.path)
+    body = mapped_body(provider, original.raw_content or b"", original.headers)
+    if body is not None:
+        request.content = body
+
+
+async def tcp_reachable(host: str, port: int, timeout: float) -> str | None:
+    """None if a TCP connection opens within `timeout`, else why not."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except TimeoutError:
+        return f"no connection within {timeout:g}s"
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
+
+
+class FailoverEngine:
+    def __init__(self, core: Core, dispatcher: Dispatcher) -> None:
+        self.core = core
+        self.dispatcher = dispatcher
+
+    # --- picking a provider ---------------------------------------------------------------
+
+    async def next_provider(self, route: Route) -> tuple[Provider, Permit] | None:
+        """Pop the next provider that admits a call and accepts connections; failures are recorded."""
+        app = route.app
+        while route.queue:
+            provider = route.queue.pop(0)
+            permit = self.core.acquire(app.name, provider.id)
+            if permit is None:
+                continue
+            if self.core.is_warm(app.name, provider.id):
+                return provider, permit
+            started = self.core.clock()
+            host, port = _address(provider)
+            problem = await tcp_reachable(host, port, app.timeouts.connect)
+            if problem is None:
+                return provider, permit
+            kind = ErrorKind.TIMEOUT_CONNECT if problem.startswith("no connection") else ErrorKind.CONNECT
+            self.record(route, provider, permit, classify_error(kind, problem), started)
+        return None
+
+    def record(
+        self,
+        route: Route,
+        provider: Provider,
+        permit: Permit,
+        verdict: Verdict,
+        started: float,
+        status: int | None = None,
+    ) -> None:
+        latency = (self.core.clock() - started) * 1000
+        self.core.record(AttemptResult(route.app.name, provider.id, permit, verdict, latency), status)
+        if verdict.fails_over:
+            route.failed.append(FailedAttempt(provider.id, self.core.redact(verdict.reason)))
+
+    # --- after the native attempt -----------------------------------------------------------
+
+    def native_verdict(self, flow: http.HTTPFlow, route: Route) -> Verdict:
+        assert flow.response is not None
+        if route.verdict is None:
+            route.verdict = classify_status(
+                flow.response.status_code, flow.response.headers, route.app.statuses, self.core.clock()
+            )
+        tee = route.tee
+        if tee is not None and route.verdict.outcome is Outcome.SUCCESS:
+            if tee.error_event is not None:
+                return classify_error(ErrorKind.STREAM_ERROR, tee.error_event[:120])
+            if not tee.saw_terminal and route.app.error_shape != "gemini":
+                return classify_error(ErrorKind.RESET, "stream ended without its final event")
+        return route.verdict
+
+    async def fail_over(self, flow: http.HTTPFlow, route: Route) -> Provider | None:
+        """Try the rest of the queue; put the first good answer (or the last error) on `flow`."""
+        last: http.Response | None = None
+        while True:
+            picked = await self.next_provider(route)
+            if picked is None:
+                break
+            provider, permit = picked
+            end, verdict = await self._attempt(flow, route, provider, permit)
+            if end.response is not None:
+                last = end.response
+            if not verdict.fails_over:
+                flow.response = _deliverable(end)
+                route.final = verdict
+                return provider
+        if last is not None:
+            flow.response = last.copy()
+        elif route.failed:
+            flow.response = self.refusal(route.app, 504, "every provider failed or timed out", None)
+        return None
+
+    async def _attempt(
+        self, flow: http.HTTPFlow, route: Route, provider: Provider, permit: Permit
+    ) -> tuple[AttemptEnd, Verdict]:
+        assert route.original is not None
+        attempt = flow.copy()
+        attempt.response = None
+        attempt.error = None
+        attempt.request = route.original.copy()
+        attempt.metadata = {ATTEMPT_KEY: flow.id}
+        attempt.comment = f"detour attempt on {provider.id} for {route.app.name}"
+        attempt.is_replay = "request"
+        apply_provider(attempt.request, route.original, provider)
+        started = self.core.clock()
+        try:
+            end = await self.dispatcher.send(attempt, route.app.timeouts)
+        except BaseException:
+            self.core.release(route.app.name, provider.id, permit)
+            raise
+        if end.response is None:
+            assert end.error is not None
+            verdict = classify_error(end.error, end.detail)
+        else:
+            verdict = classify_status(
+                end.response.status_code, end.response.headers, route.app.statuses, self.core.clock()
+            )
+            tee = end.tee
+            if tee is not None and tee.error_event is not None and verdict.outcome is Outcome.SUCCESS:
+                verdict = classify_error(ErrorKind.STREAM_ERROR, tee.error_event[:120])
+        status = end.response.status_code if end.response else None
+        self.record(route, provider, permit, verdict, started, status)
+        return end, verdict
+
+    # --- answering ------------------------------------------------------------------------
+
+    def refusal(self, app: App, status: int, message: str, retry_after: float | None) -> http.Response:
+        """An error in the app's own API shape, so the client's SDK handles it like the real thing."""
+        headers: dict[str, Any] = {"content-type": "application/json"}
+        if retry_after is not None:
+            headers["retry-after"] = str(max(1, round(retry_after)))
+        return http.Response.make(status, error_body(app.error_shape, status, message), headers)
+
+    def finish(self, flow: http.HTTPFlow, route: Route, served_by: Provider | None) -> None:
+        """Tell the client and mitmweb what happened, and let the switch manager know."""
+        if flow.response is not None and not flow.response.stream:
+            set_client_headers(flow.response, served_by.id if served_by else None, route.failed)
+        annotate_flow(flow, route.app.name, served_by.id if served_by else None, route.failed)
+        if served_by is not None and route.final is not None and route.final.outcome is Outcome.SUCCESS:
+            reason = "; ".join(f"{a.provider}: {a.reason}" for a in route.failed) or "recovered"
+            self.core.served(route.app.name, served_by.id, reason)
+
+
+def _deliverable(end: AttemptEnd) -> http.Response:
+    assert end.response is not None
+    response = end.response.copy()
+    if end.tee is not None:
+        response.stream = False
+        response.raw_content = end.tee.body
+    return response
+
+
+def _address(provider: Provider) -> tuple[str, int]:
+    request = http.Request.make("GET", provider.base_url)
+    return request.host, request.port

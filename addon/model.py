@@ -1,0 +1,134 @@
+"""The validated configuration, as frozen dataclasses.
+
+Everything downstream of the loader works on these immutable values, so a hot reload is a matter of
+swapping one object, and no code path can mutate what the user configured.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+AuthStyle = Literal["x-api-key", "bearer", "x-goog-api-key"]
+ErrorShape = Literal["anthropic", "openai", "gemini"]
+
+AUTH_STYLES: tuple[AuthStyle, ...] = ("x-api-key", "bearer", "x-goog-api-key")
+ERROR_SHAPES: tuple[ErrorShape, ...] = ("anthropic", "openai", "gemini")
+
+#: Statuses that are the client's own problem: returned as they are, never failed over, never counted.
+DEFAULT_CLIENT_ERRORS: frozenset[int] = frozenset({400, 405, 406, 413, 414, 415, 422})
+#: Statuses that mean "this provider can't serve this now": fail over and count against it.
+#: Every 5xx is a provider failure as well; this set names the 4xx ones.
+DEFAULT_FAILOVER_4XX: frozenset[int] = frozenset({401, 402, 403, 404, 408, 409, 429})
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When a provider's circuit opens and how it recovers."""
+
+    failure_threshold: int = 3
+    error_rate: float = 0.5
+    min_requests: int = 10
+    window: float = 60.0
+    open_for: float = 30.0
+    max_open_for: float = 600.0
+    success_threshold: int = 2
+    half_open_probes: int = 1
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Bounds on one attempt: a provider that exceeds them is treated as failed."""
+
+    connect: float = 10.0
+    first_byte: float = 60.0
+    idle: float = 120.0
+
+
+@dataclass(frozen=True)
+class StatusPolicy:
+    """Which HTTP statuses fail over; an app may override the defaults."""
+
+    client_errors: frozenset[int] = DEFAULT_CLIENT_ERRORS
+    failover: frozenset[int] = DEFAULT_FAILOVER_4XX
+
+    def is_client_error(self, status: int) -> bool:
+        return status in self.client_errors
+
+    def is_failover(self, status: int) -> bool:
+        if status in self.client_errors:
+            return False
+        return status in self.failover or 500 <= status <= 599
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One entry of an app's failover queue.
+
+    `api_key` is excluded from repr and comparison output so it never ends up in a log line or a
+    traceback by accident.
+    """
+
+    id: str
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    auth: AuthStyle = "x-api-key"
+    models: tuple[tuple[str, str], ...] = ()
+    breaker: BreakerPolicy = BreakerPolicy()
+
+    @property
+    def owns_credentials(self) -> bool:
+        return self.api_key is not None
+
+    def map_model(self, model: str) -> str | None:
+        """The model name this provider wants for `model`, or None when no glob matches."""
+        for pattern, target in self.models:
+            if fnmatch.fnmatchcase(model, pattern):
+                return target
+        return None
+
+
+@dataclass(frozen=True)
+class App:
+    """A client family (Claude Code, Codex, Gemini CLI…) with its hosts, routed paths and queue."""
+
+    name: str
+    hosts: tuple[str, ...]
+    providers: tuple[Provider, ...]
+    paths: tuple[str, ...]
+    max_attempts: int = 3
+    timeouts: Timeouts = Timeouts()
+    statuses: StatusPolicy = StatusPolicy()
+    error_shape: ErrorShape = "anthropic"
+
+    def provider(self, provider_id: str) -> Provider | None:
+        return next((p for p in self.providers if p.id == provider_id), None)
+
+    def routes_path(self, path: str) -> bool:
+        """True for the model-API paths Detour may send to a backup; the query string is ignored."""
+        bare = path.split("?", 1)[0]
+        return any(fnmatch.fnmatchcase(bare, pattern) for pattern in self.paths)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated config file."""
+
+    source: Path
+    state: Path
+    apps: tuple[App, ...]
+    breaker: BreakerPolicy = BreakerPolicy()
+    timeouts: Timeouts = Timeouts()
+    switch_min_interval: float = 10.0
+    attempt_log_limit: int = 10_000
+    #: Human-readable notes for the operator, e.g. providers disabled because a variable is unset.
+    warnings: tuple[str, ...] = ()
+
+    def app(self, name: str) -> App | None:
+        return next((a for a in self.apps if a.name == name), None)
+
+    def app_for_host(self, host: str) -> App | None:
+        host = host.lower().rstrip(".")
+        return next((a for a in self.apps if host in a.hosts), None)

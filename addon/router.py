@@ -1,0 +1,137 @@
+"""The router: which providers of an app's failover queue may take the next request.
+
+It owns one circuit breaker per (app, provider) and answers `select_providers` by walking the queue
+from the top every time, so traffic returns to the primary as soon as its breaker lets it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from addon.breaker import BreakerSnapshot, CircuitBreaker, Clock, Permit, State, Transition
+from addon.classify import Verdict
+from addon.model import App, Config, Provider
+
+BreakerKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    """One provider's health as shown by `detour.status`."""
+
+    provider: str
+    state: State
+    consecutive_failures: int
+    probe_in: float
+
+
+class Router:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        snapshots: Mapping[BreakerKey, BreakerSnapshot] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._breakers: dict[BreakerKey, CircuitBreaker] = {}
+        self.config = config
+        self._apply(config, snapshots or {})
+
+    def reconfigure(self, config: Config) -> list[BreakerKey]:
+        """Adopt a new config; breakers of providers that still exist keep their state.
+
+        Returns the keys of breakers that were dropped, so their persisted state can be forgotten.
+        """
+        self.config = config
+        return self._apply(config, {})
+
+    def _apply(self, config: Config, snapshots: Mapping[BreakerKey, BreakerSnapshot]) -> list[BreakerKey]:
+        wanted: dict[BreakerKey, Provider] = {
+            (app.name, p.id): p for app in config.apps for p in app.providers
+        }
+        dropped = [key for key in self._breakers if key not in wanted]
+        for key in dropped:
+            del self._breakers[key]
+        for key, provider in wanted.items():
+            existing = self._breakers.get(key)
+            if existing is not None:
+                existing.policy = provider.breaker
+            else:
+                self._breakers[key] = CircuitBreaker(provider.breaker, self._clock, snapshots.get(key))
+        return dropped
+
+    def breaker(self, app: str, provider: str) -> CircuitBreaker:
+        return self._breakers[(app, provider)]
+
+    def _app(self, app: str) -> App:
+        found = self.config.app(app)
+        if found is None:
+            raise KeyError(f"unknown app {app!r}")
+        return found
+
+    def select_providers(self, app: str) -> list[Provider]:
+        """The queue in priority order without open circuits.
+
+        When every circuit is open the provider whose open period ends first is still returned, so a
+        request is tried rather than refused without trying.
+        """
+        queue = self._app(app).providers
+        available = [p for p in queue if self._breakers[(app, p.id)].admits()]
+        if available:
+            return available
+        fallback = self._soonest_open(app)
+        return [fallback] if fallback is not None else []
+
+    def _soonest_open(self, app: str) -> Provider | None:
+        queue = self._app(app).providers
+        if any(self._breakers[(app, p.id)].state() is not State.OPEN for p in queue):
+            return None
+        return min(queue, key=lambda p: self._breakers[(app, p.id)].open_remaining(), default=None)
+
+    def acquire(self, app: str, provider: str) -> Permit | None:
+        """Take the permit for actually trying `provider` now, or None if its breaker refuses.
+
+        Half-open providers take their probe slot here, not in `select_providers`, so a provider
+        that was selected but never tried doesn't hold a slot.
+        """
+        breaker = self._breakers[(app, provider)]
+        permit = breaker.acquire()
+        if permit is not None:
+            return permit
+        fallback = self._soonest_open(app)
+        if fallback is not None and fallback.id == provider:
+            return breaker.acquire_forced()
+        return None
+
+    def record_result(
+        self, app: str, provider: str, permit: Permit, verdict: Verdict
+    ) -> Transition | None:
+        """Feed one attempt's verdict to the provider's breaker; returns a state change if any."""
+        breaker = self._breakers.get((app, provider))
+        if breaker is None:  # the provider vanished in a reload while the attempt ran
+            return None
+        return breaker.record(permit, verdict.outcome, verdict.retry_after)
+
+    def release(self, app: str, provider: str, permit: Permit) -> None:
+        """Give back a permit whose attempt ended without a verdict (cancelled)."""
+        breaker = self._breakers.get((app, provider))
+        if breaker is not None:
+            breaker.release(permit)
+
+    def reset(self, app: str, provider: str) -> None:
+        self._breakers[(app, provider)].reset()
+
+    def snapshot(self, app: str, provider: str) -> BreakerSnapshot:
+        return self._breakers[(app, provider)].snapshot()
+
+    def status(self, app: str) -> list[ProviderStatus]:
+        result = []
+        for p in self._app(app).providers:
+            breaker = self._breakers[(app, p.id)]
+            result.append(
+                ProviderStatus(
+                    p.id, breaker.state(), breaker.raw.consecutive_failures, breaker.open_remaining()
+                )
+            )
+        return result

@@ -1,0 +1,342 @@
+"""The mitmproxy addon: options, hooks and commands over the Detour core.
+
+Modelled on mitmproxy's own addons: options are declared in `load`, parsed by pure functions that
+raise ValueError, turned into OptionsError once in `configure`; hooks open with guard clauses and
+hand the work to `FailoverEngine`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mitmproxy import command, ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+
+from addon.access import Network, allow_host_patterns, client_allowed, parse_client_networks
+from addon.annotate import set_client_headers
+from addon.classify import ErrorKind, classify_error, classify_status
+from addon.config import load_config
+from addon.core import Core
+from addon.dispatch import Dispatcher
+from addon.failover import ATTEMPT_KEY, FailoverEngine, Route, apply_provider, is_streaming
+from addon.model import Config, Provider
+from addon.sse import StreamTee
+from addon.store import StateStore
+from addon.transport import SYNTHETIC_HEADER, cut_upstream, inject_timeout_response
+
+logger = logging.getLogger("detour")
+
+
+class Detour:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.core: Core | None = None
+        self.engine: FailoverEngine | None = None
+        self.dispatcher = Dispatcher(clock)
+        self.routes: dict[str, Route] = {}
+        self.allowed_clients: tuple[Network, ...] = ()
+        self._config_mtime: float | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    # --- options ----------------------------------------------------------------------------
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option("detour_config", str, "config.yaml", "Path to Detour's config.yaml.")
+        loader.add_option(
+            "detour_allow_clients",
+            Sequence[str],
+            [],
+            "Client addresses or networks, besides loopback, allowed to use routed providers.",
+        )
+        loader.add_option(
+            "detour_intercept_all",
+            bool,
+            False,
+            "Decrypt every host, not only the apps' hosts (Detour then leaves allow_hosts alone).",
+        )
+        loader.add_option(
+            "detour_watch_ms", int, 1000, "How often to check config.yaml for changes; 0 turns it off."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "detour_allow_clients" in updated:
+            try:
+                self.allowed_clients = parse_client_networks(ctx.options.detour_allow_clients)
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from None
+        if "detour_watch_ms" in updated and ctx.options.detour_watch_ms < 0:
+            raise exceptions.OptionsError("detour_watch_ms: must be 0 (off) or a positive number")
+        if "detour_config" in updated:
+            try:
+                self._apply_config(self._read_config())
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from None
+        if updated & {"detour_config", "detour_intercept_all"} and self.core is not None:
+            self._update_allow_hosts(self.core.config)
+
+    def running(self) -> None:
+        if ctx.options.connection_strategy != "lazy":
+            # With eager, mitmproxy connects to the original host before any request hook runs.
+            ctx.options.update(connection_strategy="lazy")
+        if ctx.options.detour_watch_ms > 0 and self._watcher is None:
+            self._watcher = asyncio.ensure_future(self._watch_config())
+
+    async def done(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        if self.core is not None:
+            self.core.close()
+            self.core = None
+
+    def _config_path(self) -> Path:
+        return Path(ctx.options.detour_config).expanduser()
+
+    def _read_config(self) -> Config:
+        path = self._config_path()
+        with contextlib.suppress(OSError):
+            self._config_mtime = path.stat().st_mtime
+        return load_config(path)
+
+    def _apply_config(self, config: Config) -> None:
+        if self.core is None:
+            self.core = Core(config, self.clock, StateStore(config.state, config.attempt_log_limit))
+            self.engine = FailoverEngine(self.core, self.dispatcher)
+        else:
+            self.core.reconfigure(config)
+        logger.info("detour: loaded %s (%s)", config.source, ", ".join(a.name for a in config.apps))
+
+    def _update_allow_hosts(self, config: Config) -> None:
+        if ctx.options.detour_intercept_all:
+            return
+        patterns = allow_host_patterns(h for app in config.apps for h in app.hosts)
+        if list(ctx.options.allow_hosts) != patterns:
+            ctx.options.update(allow_hosts=patterns)
+
+    def reload_config(self) -> None:
+        """Load config.yaml again; a bad file is reported and the running config stays in force."""
+        try:
+            config = self._read_config()
+        except ValueError as e:
+            logger.error("detour: config not reloaded, keeping the previous one: %s", e)
+            raise
+        self._apply_config(config)
+        self._update_allow_hosts(config)
+
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(max(ctx.options.detour_watch_ms, 100) / 1000)
+            try:
+                mtime = self._config_path().stat().st_mtime
+            except OSError:
+                continue
+            if mtime != self._config_mtime:
+                with contextlib.suppress(ValueError):
+                    self.reload_config()
+
+    # --- hooks ------------------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if self.core is None or ATTEMPT_KEY in flow.metadata:
+            return
+        app = self.core.config.app_for_host(flow.request.pretty_host)
+        if app is None or not app.routes_path(flow.request.path):
+            return
+        # A streamed request body would leave before `request` could reroute it.
+        flow.request.stream = False
+        self.routes[flow.id] = Route(app)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        route = self.routes.get(flow.id)
+        if route is None or self.core is None or self.engine is None:
+            return
+        if flow.response is not None:  # answered by another addon
+            self.routes.pop(flow.id, None)
+            return
+        peer = flow.client_conn.peername[0] if flow.client_conn.peername else None
+        if not client_allowed(peer, self.allowed_clients):
+            self.routes.pop(flow.id, None)
+            flow.response = self.engine.refusal(
+                route.app, 403, f"Detour serves loopback clients only; {peer} is not in detour_allow_clients",
+                None,
+            )
+            return
+        route.original = flow.request.copy()
+        route.queue = self.core.candidates(route.app)
+        picked = await self.engine.next_provider(route)
+        if picked is None:
+            self._refuse_untried(flow, route)
+            return
+        route.provider, route.permit = picked
+        apply_provider(flow.request, route.original, route.provider)
+        route.sent_at = self.clock()
+        deadline = route.app.timeouts.connect + route.app.timeouts.first_byte
+        route.timer = asyncio.get_running_loop().call_later(deadline, self._first_byte_expired, flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        assert flow.response is not None
+        watch = self.dispatcher.watch_for(flow)
+        if watch is not None:
+            watch.headers_at = self.clock()
+            watch.changed.set()
+            if is_streaming(flow.response):
+                watch.tee = StreamTee(self.clock)
+                flow.response.stream = watch.tee
+            return
+        route = self.routes.get(flow.id)
+        if route is None or route.provider is None:
+            return
+        route.cancel_timer()
+        route.headers_at = self.clock()
+        kind = flow.response.headers.get(SYNTHETIC_HEADER)
+        if kind is not None:
+            timeout = route.app.timeouts.connect + route.app.timeouts.first_byte
+            route.verdict = classify_error(ErrorKind.TIMEOUT_FIRST_BYTE, f"no response within {timeout:g}s")
+            return
+        route.verdict = classify_status(
+            flow.response.status_code, flow.response.headers, route.app.statuses, self.clock()
+        )
+        if route.verdict.fails_over:
+            return  # held back: the response hook fails over before the client sees anything
+        if is_streaming(flow.response):
+            route.tee = StreamTee(self.clock)
+            flow.response.stream = route.tee
+            route.final = route.verdict
+            # A streamed answer's headers leave now, so the Detour headers must be set now.
+            set_client_headers(flow.response, route.provider.id, route.failed)
+        self._schedule_idle_check(flow, route)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        watch = self.dispatcher.watch_for(flow)
+        if watch is not None:
+            watch.finished = True
+            watch.changed.set()
+            return
+        route = self.routes.pop(flow.id, None)
+        if route is None or self.engine is None or route.provider is None or route.permit is None:
+            return
+        route.cancel_timer()
+        assert flow.response is not None
+        if route.tee is not None:
+            flow.response.raw_content = route.tee.body
+        verdict = self.engine.native_verdict(flow, route)
+        synthetic = SYNTHETIC_HEADER in flow.response.headers
+        status = None if synthetic else flow.response.status_code
+        self.engine.record(route, route.provider, route.permit, verdict, route.sent_at, status)
+        served_by: Provider | None = route.provider
+        if verdict.fails_over and route.tee is None:
+            served_by = await self.engine.fail_over(flow, route)
+        elif route.final is None:
+            route.final = verdict
+        self.engine.finish(flow, route, served_by)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        watch = self.dispatcher.watch_for(flow)
+        if watch is not None:
+            watch.finished = True
+            watch.changed.set()
+            return
+        route = self.routes.pop(flow.id, None)
+        if route is None or self.engine is None or self.core is None:
+            return
+        route.cancel_timer()
+        if route.provider is None or route.permit is None:
+            return
+        message = flow.error.msg if flow.error else "error"
+        if "client disconnected" in message.lower():
+            self.core.release(route.app.name, route.provider.id, route.permit)
+            return
+        if route.timed_out is not None:
+            verdict = classify_error(route.timed_out, f"silent for {route.app.timeouts.idle:g}s")
+        elif route.headers_at is None:
+            verdict = classify_error(ErrorKind.CONNECT, message)
+        else:
+            verdict = classify_error(ErrorKind.RESET, message)
+        self.engine.record(route, route.provider, route.permit, verdict, route.sent_at)
+        self.engine.finish(flow, route, None)
+
+    # --- timeouts ---------------------------------------------------------------------------
+
+    def _first_byte_expired(self, flow: http.HTTPFlow) -> None:
+        route = self.routes.get(flow.id)
+        if route is None or route.headers_at is not None:
+            return
+        route.timer = None
+        route.timed_out = ErrorKind.TIMEOUT_FIRST_BYTE
+        if not inject_timeout_response(flow, "first_byte"):
+            cut_upstream(flow)
+
+    def _schedule_idle_check(self, flow: http.HTTPFlow, route: Route) -> None:
+        last = route.tee.last_activity if route.tee is not None else route.headers_at or self.clock()
+        delay = max(0.0, last + route.app.timeouts.idle - self.clock())
+        route.timer = asyncio.get_running_loop().call_later(delay, self._idle_expired, flow)
+
+    def _idle_expired(self, flow: http.HTTPFlow) -> None:
+        route = self.routes.get(flow.id)
+        if route is None:
+            return
+        route.timer = None
+        last = route.tee.last_activity if route.tee is not None else route.headers_at or 0.0
+        if self.clock() - last < route.app.timeouts.idle:
+            self._schedule_idle_check(flow, route)
+            return
+        route.timed_out = ErrorKind.TIMEOUT_IDLE
+        cut_upstream(flow)
+
+    def _refuse_untried(self, flow: http.HTTPFlow, route: Route) -> None:
+        assert self.engine is not None and self.core is not None
+        self.routes.pop(flow.id, None)
+        waits = [s.probe_in for s in self.core.router.status(route.app.name) if s.probe_in > 0]
+        message = "no provider could be tried: " + (
+            ", ".join(f"{a.provider} ({a.reason})" for a in route.failed) or "every circuit is open"
+        )
+        flow.response = self.engine.refusal(route.app, 503, message, min(waits, default=1.0))
+        self.engine.finish(flow, route, None)
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def _core(self) -> Core:
+        if self.core is None:
+            raise exceptions.CommandError("detour: no config loaded")
+        return self.core
+
+    @command.command("detour.status")
+    def status(self) -> Sequence[str]:
+        """Each app's current provider and every provider's circuit state."""
+        return self._core().status_lines()
+
+    @command.command("detour.switch")
+    def switch(self, app: str, provider: str) -> None:
+        """Pin PROVIDER to the front of APP's queue; PROVIDER 'auto' returns to queue order."""
+        core = self._core()
+        try:
+            if provider == "auto":
+                core.unpin(app)
+            else:
+                core.switch(app, provider)
+        except ValueError as e:
+            raise exceptions.CommandError(str(e)) from None
+
+    @command.command("detour.reset")
+    def reset(self, app: str, provider: str) -> None:
+        """Close PROVIDER's circuit for APP and forget its failures."""
+        try:
+            self._core().reset(app, provider)
+        except ValueError as e:
+            raise exceptions.CommandError(str(e)) from None
+
+    @command.command("detour.reload")
+    def reload(self) -> None:
+        """Reload the config file; on error the running config stays in force."""
+        try:
+            self.reload_config()
+        except ValueError as e:
+            raise exceptions.CommandError(str(e)) from None
+

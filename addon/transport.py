@@ -1,0 +1,61 @@
+"""Reaching under a live flow to its upstream connection, for the timeouts mitmproxy lacks.
+
+mitmproxy 11 and 12 have no connect or response timeout, and `flow.kill()` can't abort a request in
+flight. The proxy server keeps each client connection's handler, whose `transports` map the flow's
+server connection to its reader, writer and task; this module is the only place that relies on that.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mitmproxy import ctx, http
+
+logger = logging.getLogger("detour")
+
+#: What a timed-out provider "answers": a real HTTP/1.1 response fed into mitmproxy's own parser, so the
+#: flow continues through `responseheaders`/`response`, where Detour fails over transparently.
+SYNTHETIC_HEADER = "x-detour-synthetic"
+
+
+def synthetic_response(kind: str) -> bytes:
+    return (
+        "HTTP/1.1 504 Detour Timeout\r\n"
+        f"{SYNTHETIC_HEADER}: {kind}\r\n"
+        "content-type: text/plain\r\n"
+        "content-length: 0\r\n"
+        "connection: close\r\n\r\n"
+    ).encode()
+
+
+def _server_io(flow: http.HTTPFlow) -> Any | None:
+    proxyserver = ctx.master.addons.get("proxyserver")
+    connections = getattr(proxyserver, "connections", None) or {}
+    handler = connections.get(flow.client_conn.id)
+    if handler is None or flow.server_conn is None:
+        return None
+    return handler.transports.get(flow.server_conn)
+
+
+def inject_timeout_response(flow: http.HTTPFlow, kind: str) -> bool:
+    """Make a silent upstream "answer" 504 so the flow can fail over; False if that isn't possible."""
+    io = _server_io(flow)
+    reader = getattr(io, "reader", None)
+    if reader is None or flow.server_conn.alpn == b"h2" or not hasattr(reader, "feed_data"):
+        return False
+    try:
+        reader.feed_data(synthetic_response(kind))
+    except (AssertionError, RuntimeError):  # the reader already saw EOF
+        return False
+    return True
+
+
+def cut_upstream(flow: http.HTTPFlow) -> bool:
+    """Abort the flow's upstream connection (connecting or streaming); mitmproxy then ends the flow."""
+    io = _server_io(flow)
+    task = getattr(io, "handler", None)
+    if task is None or task.done():
+        return False
+    task.cancel()
+    return True

@@ -1,0 +1,855 @@
+"""Mock LLM provider servers for tests: real HTTP/1.1 on 127.0.0.1, programmable faults.
+
+Each :class:`MockProvider` runs a raw asyncio streams server in its own background thread and
+event loop, so both sync tests and async tests (on their own loop) can talk to it.
+
+Endpoints
+    ``POST /v1/messages``           Anthropic Messages API (JSON, or SSE when ``"stream": true``)
+    ``POST /v1/chat/completions``   OpenAI Chat Completions API (JSON, or SSE when ``"stream": true``)
+    anything else                   200 ``{"side": true, "provider": name, "path": path}``
+
+The answer text is ``"hello from {name}"`` and every response carries ``x-mock-provider: {name}``.
+
+Faults (``mock.fault(kind, times=None, path_prefix=None, **params)``; ``mock.healthy()`` resets):
+    status           ``status``, ``headers``, ``body`` (bytes | dict | None), ``retry_after``
+    refuse           listener closed (ECONNREFUSED), open connections aborted; ``times`` not
+                     supported; optional ``duration`` seconds after which it re-opens by itself
+    reset            request read, then the socket is closed with RST
+    hang             request read, never answered (until ``healthy()`` / ``stop()``, which abort it)
+    slow_first_byte  ``delay`` seconds before the normal response
+    sse_cut          headers + first ``events`` (2) SSE events, then RST without the last chunk
+    sse_stall        headers + first ``events`` (2) SSE events, then silence (until healthy/stop)
+    sse_error        200 SSE: ``after`` (0) normal events, an error event, then a proper end
+    sse_malformed    200 SSE: garbage (bad JSON, a line without a colon), then the normal events
+    slow_stream      normal SSE with ``interval`` seconds between events
+
+The SSE-only faults on a non-streaming request: ``sse_cut``/``sse_stall`` send the headers and
+half the JSON body, then cut/stall; ``sse_error``/``sse_malformed``/``slow_stream`` answer normally.
+
+Every request is recorded before its fault is applied (``refuse``: nothing is received at all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json as jsonlib
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FAULT_KINDS", "MockProvider", "Received"]
+
+FAULT_KINDS = frozenset(
+    {
+        "status",
+        "refuse",
+        "reset",
+        "hang",
+        "slow_first_byte",
+        "sse_cut",
+        "sse_stall",
+        "sse_error",
+        "sse_malformed",
+        "slow_stream",
+    }
+)
+
+ANTHROPIC_PATH = "/v1/messages"
+OPENAI_PATH = "/v1/chat/completions"
+
+_MAX_HEADERS = 256
+_MAX_BODY = 64 * 1024 * 1024
+_MAX_REQUESTS_PER_CONNECTION = 100_000
+_IDLE_TIMEOUT = 120.0  # seconds a keep-alive connection may sit idle before the mock closes it
+_CUT_GRACE = 0.05  # seconds between the last byte and the RST, so the peer reads what was sent
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    529: "Overloaded",
+}
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the mock received it."""
+
+    method: str
+    path: str  # request target as sent, including any query string
+    headers: dict[str, str]  # lowercase names; for repeated names the last one wins
+    raw_headers: tuple[tuple[str, str], ...]  # as sent, in order, original case
+    body: bytes
+    json: object | None  # parsed body, None if empty or not JSON
+    at: float  # time.monotonic() when the request was complete
+    conn_id: int = 0  # connections are numbered from 1 per MockProvider
+
+    @property
+    def route(self) -> str:
+        """The path without its query string."""
+        return self.path.split("?", 1)[0]
+
+
+@dataclass
+class _Fault:
+    kind: str
+    remaining: int | None
+    path_prefix: str | None
+    params: dict[str, Any]
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _anthropic_error_type(status: int) -> str:
+    if status == 400:
+        return "invalid_request_error"
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 404:
+        return "not_found_error"
+    if status == 413:
+        return "request_too_large"
+    if status == 429:
+        return "rate_limit_error"
+    if status in (503, 529):
+        return "overloaded_error"
+    if status >= 500:
+        return "api_error"
+    return "invalid_request_error"
+
+
+def _openai_error(status: int) -> tuple[str, str | None]:
+    if status == 401:
+        return "invalid_request_error", "invalid_api_key"
+    if status == 429:
+        return "requests", "rate_limit_exceeded"
+    if status >= 500:
+        return "server_error", None
+    return "invalid_request_error", None
+
+
+def default_error_body(route: str, status: int, name: str) -> dict[str, Any]:
+    """The API-shaped error body the ``status`` fault sends when no ``body`` is given."""
+    message = f"mock {name}: HTTP {status}"
+    if route == OPENAI_PATH:
+        etype, code = _openai_error(status)
+        return {"error": {"message": message, "type": etype, "param": None, "code": code}}
+    etype = _anthropic_error_type(status)
+    if etype == "overloaded_error":
+        message = "Overloaded"
+    return {"type": "error", "error": {"type": etype, "message": message}}
+
+
+class MockProvider:
+    """A mock Anthropic/OpenAI-compatible provider on ``127.0.0.1`` (see the module docstring)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._cond = threading.Condition()
+        self._received: list[Received] = []
+        self._fault_lock = threading.Lock()
+        self._fault: _Fault | None = None
+        self._conn_ids = itertools.count(1)
+        # Loop-thread state only:
+        self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._release: asyncio.Event | None = None
+        self._reopen_handle: asyncio.TimerHandle | None = None
+        self._reopen_task: asyncio.Future[None] | None = None
+        self._stopped = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> int:
+        if not self._port:
+            raise RuntimeError(f"MockProvider {self.name!r} is not started")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> MockProvider:
+        if self._thread is not None:
+            raise RuntimeError("MockProvider can only be started once")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._open_listener())
+                self._release = asyncio.Event()
+            except BaseException as e:
+                failure.append(e)
+                ready.set()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                with contextlib.suppress(Exception):
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"mockprovider-{self.name}", daemon=True)
+        self._thread.start()
+        if not ready.wait(10.0):
+            raise RuntimeError(f"MockProvider {self.name!r} did not start within 10 s")
+        if failure:
+            self._thread.join(5.0)
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every open connection, cancel handlers. Idempotent."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or self._stopped:
+            return
+        self._stopped = True
+        if thread.is_alive() and not loop.is_closed():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10.0)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(loop.stop)
+        thread.join(10.0)
+        with self._cond:
+            self._cond.notify_all()
+
+    def __enter__(self) -> MockProvider:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        port = self._port or "-"
+        return f"<MockProvider {self.name!r} port={port} fault={self.current_fault()}>"
+
+    # ------------------------------------------------------------------ recording
+
+    @property
+    def received(self) -> list[Received]:
+        with self._cond:
+            return list(self._received)
+
+    def count(self, path_prefix: str | None = None) -> int:
+        with self._cond:
+            return self._count_locked(path_prefix)
+
+    def _count_locked(self, path_prefix: str | None) -> int:
+        if path_prefix is None:
+            return len(self._received)
+        return sum(1 for r in self._received if r.path.startswith(path_prefix))
+
+    def clear(self) -> None:
+        with self._cond:
+            self._received.clear()
+
+    def wait_for_requests(self, n: int, timeout: float = 5.0, path_prefix: str | None = None) -> bool:
+        """Block until at least ``n`` requests (matching ``path_prefix``) were received."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._count_locked(path_prefix) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.25))
+            return True
+
+    async def async_wait_for_requests(
+        self, n: int, timeout: float = 5.0, path_prefix: str | None = None
+    ) -> bool:
+        """:meth:`wait_for_requests` for async tests (does not block the caller's loop)."""
+        return await asyncio.to_thread(self.wait_for_requests, n, timeout, path_prefix)
+
+    def _record(self, rec: Received) -> None:
+        with self._cond:
+            self._received.append(rec)
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ faults
+
+    def fault(
+        self, kind: str, times: int | None = None, path_prefix: str | None = None, **params: Any
+    ) -> None:
+        """Apply ``kind`` to the next ``times`` requests (None: until changed).
+
+        ``path_prefix`` limits the fault to requests whose path starts with it (others are
+        answered normally and do not use up ``times``).
+        """
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
+        if times is not None and times < 1:
+            raise ValueError("times must be >= 1 or None")
+        if kind == "refuse":
+            if times is not None or path_prefix is not None:
+                raise ValueError("'refuse' cannot count requests (none arrive); use duration=SECONDS")
+            if not self.running:
+                raise RuntimeError("'refuse' needs a started MockProvider")
+            with self._fault_lock:
+                self._fault = _Fault(kind, None, None, dict(params))
+            self._call_in_loop(self._refuse(params.get("duration")))
+            return
+        if kind == "status" and "status" not in params:
+            raise ValueError("the 'status' fault needs status=<int>")
+        with self._fault_lock:
+            self._fault = _Fault(kind, times, path_prefix, dict(params))
+        self._call_in_loop(self._ensure_listening())
+
+    def healthy(self) -> None:
+        """Back to normal: listener re-opened if refused, hung/stalled handlers aborted."""
+        with self._fault_lock:
+            self._fault = None
+        self._call_in_loop(self._heal())
+
+    def current_fault(self) -> str | None:
+        with self._fault_lock:
+            return self._fault.kind if self._fault else None
+
+    def _take_fault(self, path: str) -> _Fault | None:
+        with self._fault_lock:
+            f = self._fault
+            if f is None or f.kind == "refuse":
+                return None
+            if f.path_prefix is not None and not path.startswith(f.path_prefix):
+                return None
+            if f.remaining is not None:
+                f.remaining -= 1
+                if f.remaining <= 0:
+                    self._fault = None
+            return f
+
+    def _call_in_loop(self, coro: Any) -> None:
+        """Run a control coroutine on the server loop and wait for it (no-op before start/after stop)."""
+        loop = self._loop
+        if loop is None or self._stopped or not self.running:
+            coro.close()  # before start(): the fault state applies once started; after stop(): moot
+            return
+        asyncio.run_coroutine_threadsafe(coro, loop).result(10.0)
+
+    # ------------------------------------------------------------------ loop-side control
+
+    async def _open_listener(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._port:
+                # Re-bind the same port; a TIME_WAIT leftover is fine with SO_REUSEADDR, but give
+                # a transient EADDRINUSE a bounded number of retries.
+                for attempt in range(40):
+                    try:
+                        sock.bind(("127.0.0.1", self._port))
+                        break
+                    except OSError:
+                        if attempt == 39:
+                            raise
+                        await asyncio.sleep(0.05)
+            else:
+                sock.bind(("127.0.0.1", 0))
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._port = sock.getsockname()[1]
+        self._server = await asyncio.start_server(self._handle_conn, sock=sock, limit=1024 * 1024)
+
+    async def _close_listener(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()  # closes the listening socket now; connections are handled separately
+
+    async def _ensure_listening(self) -> None:
+        if self._reopen_handle is not None:
+            self._reopen_handle.cancel()
+            self._reopen_handle = None
+        if self._server is None and not self._stopped:
+            await self._open_listener()
+
+    async def _refuse(self, duration: float | None) -> None:
+        await self._close_listener()
+        self._abort_all()
+        if self._reopen_handle is not None:
+            self._reopen_handle.cancel()
+            self._reopen_handle = None
+        if duration is not None:
+            loop = asyncio.get_running_loop()
+            self._reopen_handle = loop.call_later(float(duration), self._reopen_after_refuse)
+
+    def _reopen_after_refuse(self) -> None:
+        self._reopen_handle = None
+        with self._fault_lock:
+            if self._fault is not None and self._fault.kind == "refuse":
+                self._fault = None
+        self._reopen_task = asyncio.ensure_future(self._ensure_listening())
+
+    async def _heal(self) -> None:
+        if self._release is not None:
+            self._release.set()
+        self._release = asyncio.Event()
+        await self._ensure_listening()
+
+    def _abort_all(self) -> None:
+        for writer in list(self._conns.values()):
+            _rst(writer)
+
+    async def _shutdown(self) -> None:
+        if self._reopen_handle is not None:
+            self._reopen_handle.cancel()
+        await self._close_listener()
+        if self._release is not None:
+            self._release.set()
+        self._abort_all()
+        tasks = list(self._conns)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+
+    # ------------------------------------------------------------------ connection handling
+
+    async def _handle_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if self._stopped:
+            _rst(writer)
+            return
+        self._conns[task] = writer
+        conn_id = next(self._conn_ids)
+        try:
+            for _ in range(_MAX_REQUESTS_PER_CONNECTION):
+                try:
+                    req = await asyncio.wait_for(self._read_request(reader, writer, conn_id), _IDLE_TIMEOUT)
+                except (_BadRequest, asyncio.LimitOverrunError, ValueError):
+                    await self._send_simple(writer, 400, {"error": "bad request"}, close=True)
+                    return
+                if req is None:
+                    return
+                self._record(req[0])
+                keep_alive = await self._respond(req[0], req[1], writer)
+                if not keep_alive:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError):
+            return
+        except asyncio.CancelledError:
+            # Only stop() cancels handlers. Finishing the task normally (rather than cancelled) keeps
+            # asyncio's streams callback from logging the CancelledError as an error.
+            _rst(writer)
+            return
+        finally:
+            self._conns.pop(task, None)
+            if not writer.is_closing():
+                writer.close()
+
+    async def _read_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn_id: int
+    ) -> tuple[Received, bool] | None:
+        line = await reader.readline()
+        for _ in range(8):  # tolerate a few stray CRLFs between requests
+            if line not in (b"\r\n", b"\n"):
+                break
+            line = await reader.readline()
+        if not line:
+            return None
+        if not line.endswith(b"\n"):
+            raise _BadRequest("truncated request line")
+        parts = line.decode("latin-1").strip().split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise _BadRequest(f"bad request line {line!r}")
+        method, target, version = parts
+        raw: list[tuple[str, str]] = []
+        for _ in range(_MAX_HEADERS + 1):
+            hline = await reader.readline()
+            if not hline.endswith(b"\n"):
+                raise _BadRequest("truncated headers")
+            if hline in (b"\r\n", b"\n"):
+                break
+            name, sep, value = hline.decode("latin-1").partition(":")
+            if not sep:
+                raise _BadRequest(f"bad header line {hline!r}")
+            raw.append((name.strip(), value.strip()))
+        else:
+            raise _BadRequest("too many headers")
+        headers = {k.lower(): v for k, v in raw}
+        if headers.get("expect", "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
+        te = headers.get("transfer-encoding", "").lower()
+        if "chunked" in te:
+            body = await _read_chunked(reader)
+        elif "content-length" in headers:
+            length = int(headers["content-length"])
+            if length < 0 or length > _MAX_BODY:
+                raise _BadRequest("bad content-length")
+            body = await reader.readexactly(length)
+        else:
+            body = b""
+        parsed: object | None = None
+        if body:
+            try:
+                parsed = jsonlib.loads(body)
+            except ValueError:
+                parsed = None
+        conn_hdr = headers.get("connection", "").lower()
+        close = "close" in conn_hdr or (version == "HTTP/1.0" and "keep-alive" not in conn_hdr)
+        rec = Received(
+            method=method,
+            path=target,
+            headers=headers,
+            raw_headers=tuple(raw),
+            body=body,
+            json=parsed,
+            at=time.monotonic(),
+            conn_id=conn_id,
+        )
+        return rec, close
+
+    async def _respond(self, req: Received, close: bool, writer: asyncio.StreamWriter) -> bool:
+        """Send the answer (or misbehave). Returns whether the connection may be reused."""
+        fault = self._take_fault(req.path)
+        kind = fault.kind if fault else None
+        params = fault.params if fault else {}
+        route = req.route
+        api = "anthropic" if route == ANTHROPIC_PATH else "openai" if route == OPENAI_PATH else None
+        body_json = req.json if isinstance(req.json, dict) else {}
+        stream = api is not None and req.method == "POST" and body_json.get("stream") is True
+        model = str(body_json.get("model") or "mock-model")
+
+        if kind == "reset":
+            _rst(writer)
+            return False
+        if kind == "hang":
+            await self._wait_released()
+            _rst(writer)
+            return False
+        if kind == "status":
+            await self._send_status_fault(writer, route, params, close)
+            return not close
+        if kind == "slow_first_byte":
+            await asyncio.sleep(float(params.get("delay", 1.0)))
+
+        extra = {"x-mock-provider": self.name}
+        if api is None:
+            await self._send_simple(
+                writer, 200, {"side": True, "provider": self.name, "path": req.path}, close, extra
+            )
+            return not close
+
+        if not stream:
+            payload = self._json_response(api, model, body_json)
+            if kind in ("sse_cut", "sse_stall"):
+                data = jsonlib.dumps(payload).encode()
+                head = _head(
+                    200, {"content-type": "application/json", "content-length": str(len(data))}, extra
+                )
+                writer.write(head + data[: len(data) // 2])
+                await writer.drain()
+                if kind == "sse_stall":
+                    await self._wait_released()
+                else:
+                    await asyncio.sleep(_CUT_GRACE)
+                _rst(writer)
+                return False
+            await self._send_simple(writer, 200, payload, close, extra)
+            return not close
+
+        events = self._sse_events(api, model, body_json)
+        headers = {
+            "content-type": "text/event-stream; charset=utf-8",
+            "cache-control": "no-cache",
+            "transfer-encoding": "chunked",
+        }
+        if close:
+            headers["connection"] = "close"
+        writer.write(_head(200, headers, extra))
+        await writer.drain()
+
+        if kind in ("sse_cut", "sse_stall"):
+            for ev in events[: int(params.get("events", 2))]:
+                await _send_chunk(writer, ev)
+            if kind == "sse_stall":
+                await self._wait_released()
+            else:
+                await asyncio.sleep(_CUT_GRACE)
+            _rst(writer)
+            return False
+        if kind == "sse_error":
+            for ev in events[: int(params.get("after", 0))]:
+                await _send_chunk(writer, ev)
+            await _send_chunk(writer, self._sse_error_event(api, params))
+        else:
+            if kind == "sse_malformed":
+                await _send_chunk(writer, b"data: {not json\n\n")
+                await _send_chunk(writer, b"this line has no colon\n\n")
+            interval = float(params.get("interval", 0.1)) if kind == "slow_stream" else 0.0
+            for i, ev in enumerate(events):
+                if interval and i:
+                    await asyncio.sleep(interval)
+                await _send_chunk(writer, ev)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return not close
+
+    async def _wait_released(self) -> None:
+        release = self._release
+        if release is None:
+            release = self._release = asyncio.Event()
+        await release.wait()
+
+    async def _send_status_fault(
+        self, writer: asyncio.StreamWriter, route: str, params: dict[str, Any], close: bool
+    ) -> None:
+        status = int(params["status"])
+        body = params.get("body")
+        hdrs: dict[str, str] = {"x-mock-provider": self.name}
+        if "retry_after" in params:
+            hdrs["retry-after"] = str(params["retry_after"])
+        if route == ANTHROPIC_PATH:
+            hdrs["request-id"] = f"req_mock_{uuid.uuid4().hex[:16]}"
+        elif route == OPENAI_PATH:
+            hdrs["x-request-id"] = f"req_{uuid.uuid4().hex[:16]}"
+        if status in (429, 529) and route == ANTHROPIC_PATH:
+            hdrs["x-should-retry"] = "true"
+        for k, v in dict(params.get("headers") or {}).items():
+            hdrs[str(k).lower()] = str(v)
+        if body is None:
+            body = default_error_body(route, status, self.name)
+        if isinstance(body, bytes | bytearray):
+            data = bytes(body)
+            hdrs.setdefault("content-type", "application/json")
+        else:
+            data = jsonlib.dumps(body).encode()
+            hdrs.setdefault("content-type", "application/json")
+        hdrs["content-length"] = str(len(data))
+        if close:
+            hdrs["connection"] = "close"
+        writer.write(_head(status, hdrs) + data)
+        await writer.drain()
+
+    async def _send_simple(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        payload: object,
+        close: bool,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        data = jsonlib.dumps(payload).encode()
+        hdrs = {"content-type": "application/json", "content-length": str(len(data))}
+        if close:
+            hdrs["connection"] = "close"
+        writer.write(_head(status, hdrs, extra or {"x-mock-provider": self.name}) + data)
+        await writer.drain()
+
+    # ------------------------------------------------------------------ payloads
+
+    @property
+    def answer(self) -> str:
+        return f"hello from {self.name}"
+
+    def _pieces(self) -> list[str]:
+        return ["hello", " from ", self.name]
+
+    def _json_response(self, api: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        if api == "anthropic":
+            return {
+                "id": f"msg_mock_{uuid.uuid4().hex[:20]}",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": self.answer}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": 10, "output_tokens": 5},
+            }
+        return {
+            "id": f"chatcmpl-mock{uuid.uuid4().hex[:20]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": self.answer, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }
+
+    def _sse_events(self, api: str, model: str, body: dict[str, Any]) -> list[bytes]:
+        if api == "anthropic":
+            msg_id = f"msg_mock_{uuid.uuid4().hex[:20]}"
+            seq: list[tuple[str, dict[str, Any]]] = [
+                (
+                    "message_start",
+                    {
+                        "type": "message_start",
+                        "message": {
+                            "id": msg_id,
+                            "type": "message",
+                            "role": "assistant",
+                            "model": model,
+                            "content": [],
+                            "stop_reason": None,
+                            "stop_sequence": None,
+                            "usage": {"input_tokens": 10, "output_tokens": 1},
+                        },
+                    },
+                ),
+                (
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                ),
+            ]
+            for piece in self._pieces():
+                seq.append(
+                    (
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": 0,
+                            "delta": {"type": "text_delta", "text": piece},
+                        },
+                    )
+                )
+            seq += [
+                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                (
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                        "usage": {"output_tokens": 5},
+                    },
+                ),
+                ("message_stop", {"type": "message_stop"}),
+            ]
+            return [f"event: {ev}\ndata: {jsonlib.dumps(d)}\n\n".encode() for ev, d in seq]
+
+        chunk_id = f"chatcmpl-mock{uuid.uuid4().hex[:20]}"
+        created = int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            return {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+
+        chunks = [chunk({"role": "assistant", "content": ""}, None)]
+        chunks += [chunk({"content": p}, None) for p in self._pieces()]
+        chunks.append(chunk({}, "stop"))
+        opts = body.get("stream_options")
+        if isinstance(opts, dict) and opts.get("include_usage"):
+            chunks.append(
+                {
+                    "id": chunk_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                }
+            )
+        out = [f"data: {jsonlib.dumps(c)}\n\n".encode() for c in chunks]
+        out.append(b"data: [DONE]\n\n")
+        return out
+
+    def _sse_error_event(self, api: str, params: dict[str, Any]) -> bytes:
+        etype = str(params.get("error_type", "overloaded_error"))
+        message = str(params.get("message", "Overloaded"))
+        if api == "anthropic":
+            d = {"type": "error", "error": {"type": etype, "message": message}}
+            return f"event: error\ndata: {jsonlib.dumps(d)}\n\n".encode()
+        d2 = {"error": {"message": message, "type": etype, "param": None, "code": None}}
+        return f"data: {jsonlib.dumps(d2)}\n\n".encode()
+
+    # Convenience for tests that want to iterate over what was sent to a route.
+    def requests_to(self, path_prefix: str) -> Iterator[Received]:
+        return (r for r in self.received if r.path.startswith(path_prefix))
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _head(status: int, headers: dict[str, str], extra: dict[str, str] | None = None) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
+    merged = dict(extra or {})
+    merged.update(headers)
+    lines += [f"{k}: {v}" for k, v in merged.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def _send_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+    await writer.drain()
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    for _ in range(1_000_000):
+        size_line = await reader.readline()
+        if not size_line.endswith(b"\n"):
+            raise _BadRequest("truncated chunk size")
+        size = int(size_line.split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            for _ in range(_MAX_HEADERS):  # trailers, up to the blank line
+                trailer = await reader.readline()
+                if trailer in (b"\r\n", b"\n", b""):
+                    return bytes(body)
+            raise _BadRequest("too many trailers")
+        if len(body) + size > _MAX_BODY:
+            raise _BadRequest("body too large")
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
+    raise _BadRequest("too many chunks")
+
+
+def _rst(writer: asyncio.StreamWriter) -> None:
+    """Close the connection with a TCP RST (SO_LINGER 0) instead of a FIN."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
