@@ -135,6 +135,9 @@ def recorded(
         return s, None
     if s.state is State.CLOSED:
         return _recorded_closed(s, policy, failed, now, retry_after)
+    if permit.forced and failed and s.state is State.HALF_OPEN:
+        # A forced call was let through early; its failure must not lengthen the backoff.
+        return _opened(s, policy, max(s.open_for, policy.open_for), now, retry_after, "forced call failed")
     if s.state is State.HALF_OPEN:
         return _recorded_probe(s, policy, failed, now, retry_after)
     # OPEN and same generation: only a forced call gets here.

@@ -10,6 +10,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from addon.model import StatusPolicy
@@ -116,8 +117,10 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
         return _bounded(seconds)
     try:
         when = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if when.tzinfo is None:  # RFC 9110: every HTTP-date is GMT, whatever the local zone
+        when = when.replace(tzinfo=UTC)
     return _bounded(max(0.0, when.timestamp() - now))
 
 

@@ -33,6 +33,7 @@ class Route:
     """Mutable bookkeeping of one routed flow (kept beside the flow, never in its metadata)."""
 
     app: App
+    flow: http.HTTPFlow | None = None
     original: http.Request | None = None
     queue: list[Provider] = field(default_factory=list)
     provider: Provider | None = None

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
+from mitmproxy.connection import Server
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addon.access import Network, allow_host_patterns, client_allowed, parse_client_networks
 from addon.annotate import set_client_headers
@@ -27,7 +29,7 @@ from addon.failover import ATTEMPT_KEY, FailoverEngine, Route, apply_provider, i
 from addon.model import Config, Provider
 from addon.sse import StreamTee
 from addon.store import StateStore
-from addon.transport import SYNTHETIC_HEADER, cut_upstream, inject_timeout_response
+from addon.transport import SYNTHETIC_HEADER, cut_upstream, inject_timeout_response, on_early_close
 
 logger = logging.getLogger("detour")
 
@@ -151,7 +153,7 @@ class Detour:
             return
         # A streamed request body would leave before `request` could reroute it.
         flow.request.stream = False
-        self.routes[flow.id] = Route(app)
+        self.routes[flow.id] = Route(app, flow)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         route = self.routes.get(flow.id)
@@ -196,6 +198,9 @@ class Detour:
         route.cancel_timer()
         route.headers_at = self.clock()
         kind = flow.response.headers.get(SYNTHETIC_HEADER)
+        if kind == "closed":
+            route.verdict = classify_error(ErrorKind.RESET, "connection closed before the response")
+            return
         if kind is not None:
             timeout = route.app.timeouts.connect + route.app.timeouts.first_byte
             route.verdict = classify_error(ErrorKind.TIMEOUT_FIRST_BYTE, f"no response within {timeout:g}s")
@@ -261,6 +266,23 @@ class Detour:
             verdict = classify_error(ErrorKind.RESET, message)
         self.engine.record(route, route.provider, route.permit, verdict, route.sent_at)
         self.engine.finish(flow, route, None)
+
+    def server_connected(self, data: ServerConnectionHookData) -> None:
+        if not self.routes:
+            return
+        server = data.server
+        client_id = data.client.id
+        if not any(r.flow is not None and r.flow.client_conn.id == client_id for r in self.routes.values()):
+            return
+        on_early_close(server, lambda: self._awaiting_headers_on(server))
+
+    def _awaiting_headers_on(self, server: Server) -> str | None:
+        """'closed' if a routed flow on `server` still waits for its response headers."""
+        for route in self.routes.values():
+            flow = route.flow
+            if flow is not None and flow.server_conn is server and route.headers_at is None:
+                return "closed"
+        return None
 
     # --- timeouts ---------------------------------------------------------------------------
 

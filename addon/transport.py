@@ -8,6 +8,7 @@ server connection to its reader, writer and task; this module is the only place 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import ctx, http
@@ -58,4 +59,41 @@ def cut_upstream(flow: http.HTTPFlow) -> bool:
     if task is None or task.done():
         return False
     task.cancel()
+    return True
+
+
+def on_early_close(server: Any, pending_kind: Callable[[], str | None]) -> bool:
+    """When `server` closes or resets while a routed request still awaits its headers, make it "answer"
+    a synthetic 504 instead, so the flow fails over rather than ending in mitmproxy's 502 page.
+
+    `pending_kind` says, at that moment, whether such a request exists (and why it failed).
+    """
+    proxyserver = ctx.master.addons.get("proxyserver")
+    for handler in (getattr(proxyserver, "connections", None) or {}).values():
+        io = handler.transports.get(server)
+        if io is not None:
+            break
+    else:
+        return False
+    reader = getattr(io, "reader", None)
+    if reader is None or not hasattr(reader, "feed_eof") or not hasattr(reader, "set_exception"):
+        return False
+    original_eof, original_exception = reader.feed_eof, reader.set_exception
+
+    def feed_eof() -> None:
+        kind = pending_kind()
+        if kind is not None:
+            reader.feed_data(synthetic_response(kind))
+        original_eof()
+
+    def set_exception(exc: BaseException) -> None:
+        kind = pending_kind()
+        if kind is None:
+            original_exception(exc)
+            return
+        reader.feed_data(synthetic_response(kind))
+        original_eof()
+
+    reader.feed_eof = feed_eof
+    reader.set_exception = set_exception
     return True

@@ -433,11 +433,21 @@ class MockProvider:
         if self._release is not None:
             self._release.set()
         self._abort_all()
-        tasks = list(self._conns)
-        for t in tasks:
+        for t in list(self._conns):
             t.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5.0)
+        # Connections accepted just before the listener closed may not have a handler yet; let
+        # every other task on this loop finish (new handlers RST at once since _stopped is set).
+        me = asyncio.current_task()
+        for _ in range(50):
+            pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+            if not pending:
+                break
+            await asyncio.wait(pending, timeout=0.1)
+        else:
+            for t in pending:
+                t.cancel()
+        for _ in range(3):  # let transports' connection_lost callbacks close their sockets
+            await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ connection handling
 
