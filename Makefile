@@ -23,7 +23,7 @@ run: $(BIN)/mitmdump
 	  --mode reverse:https://generativelanguage.googleapis.com@$$(($(REVERSE_BASE)+2))
 
 web: $(BIN)/mitmdump
-	$(BIN)/mitmweb -s addon/detour.py --set detour_config=config.yaml \
+	$(BIN)/mitmweb -s addon/detour.py --set detour_config=config.yaml --set web_port=8090 \
 	  --mode regular@$(PORT) \
 	  --mode reverse:https://api.anthropic.com@$(REVERSE_BASE) \
 	  --mode reverse:https://api.openai.com@$$(($(REVERSE_BASE)+1)) \
