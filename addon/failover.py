@@ -142,9 +142,14 @@ class FailoverEngine:
                 return classify_error(ErrorKind.RESET, "stream ended without its final event")
         return route.verdict
 
-    async def fail_over(self, flow: http.HTTPFlow, route: Route) -> Provider | None:
-        """Try the rest of the queue; put the first good answer (or the last error) on `flow`."""
-        last: http.Response | None = None
+    async def fail_over(
+        self, flow: http.HTTPFlow, route: Route, last: http.Response | None
+    ) -> Provider | None:
+        """Try the rest of the queue; put the first good answer (or the last error) on `flow`.
+
+        `last` is the failed native answer, if it was a real one: it is what the client gets when no
+        other provider does better.
+        """
         while True:
             picked = await self.next_provider(route)
             if picked is None:
@@ -158,7 +163,7 @@ class FailoverEngine:
                 route.final = verdict
                 return provider
         if last is not None:
-            flow.response = last.copy()
+            flow.response = last if last is flow.response else last.copy()
         elif route.failed:
             flow.response = self.refusal(route.app, 504, "every provider failed or timed out", None)
         return None

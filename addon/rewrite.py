@@ -94,7 +94,10 @@ def mapped_body(provider: Provider, body: bytes, headers: Mapping[str, str]) -> 
     if target is None or target == document["model"]:
         return None
     document["model"] = target
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate (e.g. a cut emoji) only survives as an escape
+        return json.dumps(document, separators=(",", ":")).encode()
 
 
 def requested_model(body: bytes | None) -> str | None:

@@ -84,10 +84,15 @@ class Router:
         return [fallback] if fallback is not None else []
 
     def _soonest_open(self, app: str) -> Provider | None:
+        """When no provider admits a call: the open one whose period ends first.
+
+        Half-open providers whose probe slots are taken are left alone (their probe limit holds).
+        """
         queue = self._app(app).providers
-        if any(self._breakers[(app, p.id)].state() is not State.OPEN for p in queue):
+        if any(self._breakers[(app, p.id)].admits() for p in queue):
             return None
-        return min(queue, key=lambda p: self._breakers[(app, p.id)].open_remaining(), default=None)
+        opened = [p for p in queue if self._breakers[(app, p.id)].state() is State.OPEN]
+        return min(opened, key=lambda p: self._breakers[(app, p.id)].open_remaining(), default=None)
 
     def acquire(self, app: str, provider: str) -> Permit | None:
         """Take the permit for actually trying `provider` now, or None if its breaker refuses.

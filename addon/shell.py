@@ -236,10 +236,9 @@ class Detour:
         status = None if synthetic else flow.response.status_code
         self.engine.record(route, route.provider, route.permit, verdict, route.sent_at, status)
         served_by: Provider | None = route.provider
+        route.final = verdict
         if verdict.fails_over and route.tee is None:
-            served_by = await self.engine.fail_over(flow, route)
-        elif route.final is None:
-            route.final = verdict
+            served_by = await self.engine.fail_over(flow, route, None if synthetic else flow.response)
         self.engine.finish(flow, route, served_by)
 
     def error(self, flow: http.HTTPFlow) -> None:

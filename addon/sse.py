@@ -36,7 +36,7 @@ class StreamTee:
             self._scan(b"\n\n")
             return chunk
         self.bytes_seen += len(chunk)
-        if self._copied + len(chunk) <= self._copy_limit:
+        if not self.copy_truncated and self._copied + len(chunk) <= self._copy_limit:
             self._parts.append(chunk)
             self._copied += len(chunk)
         else:
@@ -60,8 +60,12 @@ class StreamTee:
         stripped = event.strip()
         if not stripped:
             return
-        if any(marker in stripped for marker in _TERMINAL_MARKERS):
+        if any(_at_line_start(stripped, m) for m in _TERMINAL_MARKERS):
             self.saw_terminal = True
-        if self.error_event is None and any(stripped.startswith(m) or b"\n" + m in stripped
-                                            for m in _ERROR_MARKERS):
+        if self.error_event is None and any(_at_line_start(stripped, m) for m in _ERROR_MARKERS):
             self.error_event = stripped[:300].decode("utf-8", "replace")
+
+
+def _at_line_start(event: bytes, marker: bytes) -> bool:
+    """Markers count only as a field at the start of a line, never inside a payload's text."""
+    return event.startswith(marker) or b"\n" + marker in event

@@ -226,3 +226,24 @@ def test_stale_permit_after_reset_does_not_reopen(router: Router) -> None:
     for _ in range(POLICY.failure_threshold):
         router.record_result("claude", "primary", permit, FAIL)
     assert router.breaker("claude", "primary").state() is State.CLOSED
+
+
+def test_busy_half_open_and_open_others_still_tries_the_soonest_open(clock: FakeClock) -> None:
+    """A half-open provider with its probe taken must not make the request fail untried."""
+    providers = (Provider("primary", "http://p", breaker=POLICY), Provider("backup", "http://b", breaker=POLICY))
+    app = App("claude", ("api.anthropic.com",), providers, ("/v1/messages*",))
+    router = Router(Config(Path("c.yaml"), Path("s.db"), (app,)), clock)
+    fail = Verdict(Outcome.PROVIDER_FAILURE, "http 500", 500)
+    for provider in ("primary", "backup"):
+        for _ in range(3):
+            permit = router.acquire("claude", provider)
+            assert permit is not None
+            router.record_result("claude", provider, permit, fail)
+    clock.advance(30)  # both half-open now
+    assert router.acquire("claude", "primary") is not None  # primary's only probe slot taken
+    backup_permit = router.acquire("claude", "backup")
+    assert backup_permit is not None
+    router.record_result("claude", "backup", backup_permit, fail)  # backup reopens for 60 s
+    assert [p.id for p in router.select_providers("claude")] == ["backup"]
+    forced = router.acquire("claude", "backup")
+    assert forced is not None and forced.forced
