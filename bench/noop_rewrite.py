@@ -17,5 +17,11 @@ class NoopRewrite:
         if target:
             flow.request.url = target + flow.request.path
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # Stream SSE like Detour does, so the streaming comparison is like for like.
+        assert flow.response is not None
+        if "text/event-stream" in flow.response.headers.get("content-type", ""):
+            flow.response.stream = True
+
 
 addons = [NoopRewrite()]

@@ -230,7 +230,10 @@ def test_stale_permit_after_reset_does_not_reopen(router: Router) -> None:
 
 def test_busy_half_open_and_open_others_still_tries_the_soonest_open(clock: FakeClock) -> None:
     """A half-open provider with its probe taken must not make the request fail untried."""
-    providers = (Provider("primary", "http://p", breaker=POLICY), Provider("backup", "http://b", breaker=POLICY))
+    providers = (
+        Provider("primary", "http://p", breaker=POLICY),
+        Provider("backup", "http://b", breaker=POLICY),
+    )
     app = App("claude", ("api.anthropic.com",), providers, ("/v1/messages*",))
     router = Router(Config(Path("c.yaml"), Path("s.db"), (app,)), clock)
     fail = Verdict(Outcome.PROVIDER_FAILURE, "http 500", 500)
