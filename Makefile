@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
 PORT ?= 8080
 REVERSE_BASE ?= 8081
 
@@ -16,14 +17,14 @@ $(BIN)/mitmdump: pyproject.toml
 
 # System proxy on :8080, base-URL listeners on :8081 (Anthropic), :8082 (OpenAI), :8083 (Gemini).
 run: $(BIN)/mitmdump
-	$(BIN)/mitmdump -s addon/detour.py --set detour_config=config.yaml \
+	$(BIN)/mitmdump -s addon/detour.py --set detour_config=config.yaml --set listen_host=$(HOST) \
 	  --mode regular@$(PORT) \
 	  --mode reverse:https://api.anthropic.com@$(REVERSE_BASE) \
 	  --mode reverse:https://api.openai.com@$$(($(REVERSE_BASE)+1)) \
 	  --mode reverse:https://generativelanguage.googleapis.com@$$(($(REVERSE_BASE)+2))
 
 web: $(BIN)/mitmdump
-	$(BIN)/mitmweb -s addon/detour.py --set detour_config=config.yaml --set web_port=8090 \
+	$(BIN)/mitmweb -s addon/detour.py --set detour_config=config.yaml --set listen_host=$(HOST) --set web_port=8090 \
 	  --mode regular@$(PORT) \
 	  --mode reverse:https://api.anthropic.com@$(REVERSE_BASE) \
 	  --mode reverse:https://api.openai.com@$$(($(REVERSE_BASE)+1)) \
