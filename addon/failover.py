@@ -44,6 +44,8 @@ class Route:
     tee: StreamTee | None = None
     timer: asyncio.TimerHandle | None = None
     timed_out: ErrorKind | None = None
+    #: The current provider was TCP-probed for this request already.
+    probed: bool = False
     failed: list[FailedAttempt] = field(default_factory=list)
     #: The verdict on the answer the client gets; only a success moves the app's current provider.
     final: Verdict | None = None
@@ -94,7 +96,11 @@ class FailoverEngine:
     # --- picking a provider ---------------------------------------------------------------
 
     async def next_provider(self, route: Route) -> tuple[Provider, Permit] | None:
-        """Pop the next provider that admits a call and accepts connections; failures are recorded."""
+        """Pop the next provider that admits a call and accepts connections; failures are recorded.
+
+        A provider that answered recently is trusted without a probe here; `server_connect` probes it
+        if mitmproxy has to open a new connection after all.
+        """
         app = route.app
         while route.queue:
             provider = route.queue.pop(0)
@@ -102,15 +108,23 @@ class FailoverEngine:
             if permit is None:
                 continue
             if self.core.is_warm(app.name, provider.id):
+                route.probed = False
                 return provider, permit
-            started = self.core.clock()
-            host, port = _address(provider)
-            problem = await tcp_reachable(host, port, app.timeouts.connect)
-            if problem is None:
+            if await self.reachable(route, provider, permit):
+                route.probed = True
                 return provider, permit
-            kind = ErrorKind.TIMEOUT_CONNECT if problem.startswith("no connection") else ErrorKind.CONNECT
-            self.record(route, provider, permit, classify_error(kind, problem), started)
         return None
+
+    async def reachable(self, route: Route, provider: Provider, permit: Permit) -> bool:
+        """TCP-probe `provider`; a failure is recorded against it (and consumes the permit)."""
+        started = self.core.clock()
+        host, port = _address(provider)
+        problem = await tcp_reachable(host, port, route.app.timeouts.connect)
+        if problem is None:
+            return True
+        kind = ErrorKind.TIMEOUT_CONNECT if problem.startswith("no connection") else ErrorKind.CONNECT
+        self.record(route, provider, permit, classify_error(kind, problem), started)
+        return False
 
     def record(
         self,

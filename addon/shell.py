@@ -266,6 +266,49 @@ class Detour:
         self.engine.record(route, route.provider, route.permit, verdict, route.sent_at)
         self.engine.finish(flow, route, None)
 
+    async def server_connect(self, data: ServerConnectionHookData) -> None:
+        route = self._route_connecting(data)
+        if route is None or route.probed or self.engine is None:
+            return
+        assert route.flow is not None and route.provider is not None and route.permit is not None
+        route.probed = True
+        if await self.engine.reachable(route, route.provider, route.permit):
+            return
+        # The provider answered recently but refuses now: move this request to the next one before
+        # mitmproxy commits to the dead address (it can't retry after its own connect fails).
+        # Only a provider with the same scheme fits the connection mitmproxy is setting up.
+        same = route.flow.request.scheme + "://"
+        others = [p for p in route.queue if not p.base_url.startswith(same)]
+        route.queue = [p for p in route.queue if p.base_url.startswith(same)]
+        picked = await self.engine.next_provider(route)
+        route.queue += others
+        if picked is None:
+            return
+        route.provider, route.permit = picked
+        assert route.original is not None
+        apply_provider(route.flow.request, route.original, route.provider)
+        data.server.address = (route.flow.request.host, route.flow.request.port)
+        if data.server.tls:
+            data.server.sni = route.flow.request.host
+        route.sent_at = self.clock()
+
+    def _route_connecting(self, data: ServerConnectionHookData) -> Route | None:
+        """The routed flow of this client connection that is waiting for this very connection."""
+        if not self.routes or data.server.address is None:
+            return None
+        client_id = data.client.id
+        for route in self.routes.values():
+            flow = route.flow
+            if (
+                flow is not None
+                and route.provider is not None
+                and route.headers_at is None
+                and flow.client_conn.id == client_id
+                and (flow.request.host, flow.request.port) == tuple(data.server.address[:2])
+            ):
+                return route
+        return None
+
     def server_connected(self, data: ServerConnectionHookData) -> None:
         if not self.routes:
             return
