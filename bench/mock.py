@@ -17,6 +17,7 @@ Prints "ready" once every listener is bound; exits on SIGTERM/SIGINT, on stdin E
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 
@@ -128,10 +129,8 @@ async def main(specs: list[str], lifetime: float) -> None:
         loop.add_signal_handler(sig, stop.set)
     loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.buffer.read1(4096) else None)
     print("ready", flush=True)
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), lifetime)
-    except TimeoutError:
-        pass
     for server in servers:
         server.close()
 

@@ -168,14 +168,15 @@ class MockProvider:
         self._port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
+        self._listen_sock: socket.socket | None = None
         self._cond = threading.Condition()
         self._received: list[Received] = []
         self._fault_lock = threading.Lock()
         self._fault: _Fault | None = None
         self._conn_ids = itertools.count(1)
         # Loop-thread state only:
-        self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._conns: dict[asyncio.Task[None], asyncio.StreamWriter | None] = {}
+        self._socks: set[socket.socket] = set()  # accepted sockets not yet closed by their task
         self._release: asyncio.Event | None = None
         self._reopen_handle: asyncio.TimerHandle | None = None
         self._reopen_task: asyncio.Future[None] | None = None
@@ -385,18 +386,56 @@ class MockProvider:
             sock.close()
             raise
         self._port = sock.getsockname()[1]
-        self._server = await asyncio.start_server(self._handle_conn, sock=sock, limit=1024 * 1024)
+        self._listen_sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_acceptable, sock)
+
+    def _on_acceptable(self, lsock: socket.socket) -> None:
+        # A plain reader callback rather than asyncio.start_server or loop.sock_accept: both can
+        # accept a connection and then drop the socket unclosed when the listener is closed at the
+        # wrong moment (CPython 3.11). Every socket accepted here is tracked until closed.
+        for _ in range(64):
+            try:
+                conn, _addr = lsock.accept()
+            except OSError:  # BlockingIOError when the backlog is empty
+                return
+            conn.setblocking(False)
+            if self._stopped:
+                _rst_sock(conn)
+                continue
+            self._socks.add(conn)
+            task = asyncio.ensure_future(self._serve_socket(conn))
+            self._conns[task] = None
+
+    async def _serve_socket(self, conn: socket.socket) -> None:
+        writer: asyncio.StreamWriter | None = None
+        try:
+            if self._stopped:
+                return
+            reader, writer = await asyncio.open_connection(sock=conn, limit=1024 * 1024)
+            await self._handle_conn(reader, writer)
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            self._socks.discard(conn)
+            task = asyncio.current_task()
+            if task is not None:
+                self._conns.pop(task, None)
+            if writer is None:
+                _rst_sock(conn)
+            elif not writer.is_closing():
+                writer.close()
 
     async def _close_listener(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()  # closes the listening socket now; connections are handled separately
+        lsock, self._listen_sock = self._listen_sock, None
+        if lsock is not None:
+            asyncio.get_running_loop().remove_reader(lsock.fileno())
+            lsock.close()
 
     async def _ensure_listening(self) -> None:
         if self._reopen_handle is not None:
             self._reopen_handle.cancel()
             self._reopen_handle = None
-        if self._server is None and not self._stopped:
+        if self._listen_sock is None and not self._stopped:
             await self._open_listener()
 
     async def _refuse(self, duration: float | None) -> None:
@@ -424,7 +463,8 @@ class MockProvider:
 
     def _abort_all(self) -> None:
         for writer in list(self._conns.values()):
-            _rst(writer)
+            if writer is not None:
+                _rst(writer)
 
     async def _shutdown(self) -> None:
         if self._reopen_handle is not None:
@@ -448,13 +488,18 @@ class MockProvider:
                 t.cancel()
         for _ in range(3):  # let transports' connection_lost callbacks close their sockets
             await asyncio.sleep(0)
+        # A task cancelled before it first ran never reaches its `finally`: close its socket here.
+        for conn in list(self._socks):
+            if conn.fileno() != -1:
+                _rst_sock(conn)
+        self._socks.clear()
 
     # ------------------------------------------------------------------ connection handling
 
     async def _handle_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if self._stopped:
+        if self._stopped or task not in self._conns:
             _rst(writer)
             return
         self._conns[task] = writer
@@ -480,7 +525,6 @@ class MockProvider:
             _rst(writer)
             return
         finally:
-            self._conns.pop(task, None)
             if not writer.is_closing():
                 writer.close()
 
@@ -854,6 +898,12 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         body += await reader.readexactly(size)
         await reader.readexactly(2)
     raise _BadRequest("too many chunks")
+
+
+def _rst_sock(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def _rst(writer: asyncio.StreamWriter) -> None:
