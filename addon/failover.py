@@ -34,7 +34,7 @@ class Route:
 
     app: App
     flow: http.HTTPFlow | None = None
-    original: http.Request | None = None
+    original: OriginalRequest | None = None
     queue: list[Provider] = field(default_factory=list)
     provider: Provider | None = None
     permit: Permit | None = None
@@ -61,15 +61,38 @@ def is_streaming(response: http.Response) -> bool:
     return any(t in content_type for t in STREAMING_TYPES)
 
 
-def apply_provider(request: http.Request, original: http.Request, provider: Provider) -> None:
-    """Rewrite `request` (a copy of the client's) for `provider`: URL, Host/SNI, credentials, model."""
+@dataclass(frozen=True)
+class OriginalRequest:
+    """What the client sent, kept without copying: header fields and body are immutable values."""
+
+    path: str
+    header_fields: tuple[tuple[bytes, bytes], ...]
+    raw_content: bytes | None
+
+    @classmethod
+    def of(cls, request: http.Request) -> OriginalRequest:
+        return cls(request.path, request.headers.fields, request.raw_content)
+
+    @property
+    def headers(self) -> http.Headers:
+        return http.Headers(self.header_fields)
+
+
+def apply_provider(request: http.Request, original: OriginalRequest, provider: Provider) -> None:
+    """Make `request` the client's original, rewritten for `provider`: URL, Host/SNI, credentials, model.
+
+    Starting from the original every time is what keeps one provider's key (or mapped model) from
+    leaking into the attempt on the next one.
+    """
+    request.headers.fields = original.header_fields
+    request.raw_content = original.raw_content
     remove, add = header_plan(provider)
     for name in remove:
         request.headers.pop(name, None)
     for name, value in add.items():
         request.headers[name] = value
     request.url = target_url(provider, original.path)
-    body = mapped_body(provider, original.raw_content or b"", original.headers)
+    body = mapped_body(provider, original.raw_content or b"", original.headers) if provider.models else None
     if body is not None:
         request.content = body
 
@@ -189,7 +212,6 @@ class FailoverEngine:
         attempt = flow.copy()
         attempt.response = None
         attempt.error = None
-        attempt.request = route.original.copy()
         attempt.metadata = {ATTEMPT_KEY: flow.id}
         attempt.comment = f"detour attempt on {provider.id} for {route.app.name}"
         attempt.is_replay = "request"

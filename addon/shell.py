@@ -25,13 +25,16 @@ from addon.classify import ErrorKind, classify_error, classify_status
 from addon.config import load_config
 from addon.core import Core
 from addon.dispatch import Dispatcher
-from addon.failover import ATTEMPT_KEY, FailoverEngine, Route, apply_provider, is_streaming
-from addon.model import Config, Provider
+from addon.failover import ATTEMPT_KEY, FailoverEngine, OriginalRequest, Route, apply_provider, is_streaming
+from addon.model import App, Config, Provider
 from addon.sse import StreamTee
 from addon.store import StateStore
 from addon.transport import SYNTHETIC_HEADER, cut_upstream, inject_timeout_response, on_early_close
 
 logger = logging.getLogger("detour")
+
+#: Bound on the per-value caches of the request path (authorities, client addresses).
+CACHE_LIMIT = 1024
 
 
 class Detour:
@@ -43,6 +46,8 @@ class Detour:
         self.routes: dict[str, Route] = {}
         self.allowed_clients: tuple[Network, ...] = ()
         self._config_mtime: float | None = None
+        self._apps_by_authority: dict[str, App | None] = {}
+        self._allowed_peers: dict[str, bool] = {}
         self._watcher: asyncio.Task[None] | None = None
 
     # --- options ----------------------------------------------------------------------------
@@ -69,6 +74,7 @@ class Detour:
         if "detour_allow_clients" in updated:
             try:
                 self.allowed_clients = parse_client_networks(ctx.options.detour_allow_clients)
+                self._allowed_peers.clear()
             except ValueError as e:
                 raise exceptions.OptionsError(str(e)) from None
         if "detour_watch_ms" in updated and ctx.options.detour_watch_ms < 0:
@@ -113,6 +119,7 @@ class Detour:
             self.engine = FailoverEngine(self.core, self.dispatcher)
         else:
             self.core.reconfigure(config)
+        self._apps_by_authority.clear()
         logger.info("detour: loaded %s (%s)", config.source, ", ".join(a.name for a in config.apps))
 
     def _update_allow_hosts(self, config: Config) -> None:
@@ -143,12 +150,35 @@ class Detour:
                 with contextlib.suppress(ValueError):
                     self.reload_config()
 
+    def _app_for(self, flow: http.HTTPFlow) -> App | None:
+        """The app of the host the client thinks it talks to (Host / :authority), cached per value."""
+        assert self.core is not None
+        authority = flow.request.authority or flow.request.headers.get("host", "")
+        if not authority:
+            return self.core.config.app_for_host(flow.request.pretty_host)
+        if authority not in self._apps_by_authority:
+            if len(self._apps_by_authority) >= CACHE_LIMIT:
+                self._apps_by_authority.clear()
+            host = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
+            self._apps_by_authority[authority] = self.core.config.app_for_host(host.strip("[]"))
+        return self._apps_by_authority[authority]
+
+    def _client_allowed(self, peer: str | None) -> bool:
+        if peer is None:
+            return False
+        allowed = self._allowed_peers.get(peer)
+        if allowed is None:
+            if len(self._allowed_peers) >= CACHE_LIMIT:
+                self._allowed_peers.clear()
+            allowed = self._allowed_peers[peer] = client_allowed(peer, self.allowed_clients)
+        return allowed
+
     # --- hooks ------------------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if self.core is None or ATTEMPT_KEY in flow.metadata:
             return
-        app = self.core.config.app_for_host(flow.request.pretty_host)
+        app = self._app_for(flow)
         if app is None or not app.routes_path(flow.request.path):
             return
         # A streamed request body would leave before `request` could reroute it.
@@ -163,14 +193,14 @@ class Detour:
             self.routes.pop(flow.id, None)
             return
         peer = flow.client_conn.peername[0] if flow.client_conn.peername else None
-        if not client_allowed(peer, self.allowed_clients):
+        if not self._client_allowed(peer):
             self.routes.pop(flow.id, None)
             flow.response = self.engine.refusal(
                 route.app, 403, f"Detour serves loopback clients only; {peer} is not in detour_allow_clients",
                 None,
             )
             return
-        route.original = flow.request.copy()
+        route.original = OriginalRequest.of(flow.request)
         route.queue = self.core.candidates(route.app)
         picked = await self.engine.next_provider(route)
         if picked is None:
