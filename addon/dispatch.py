@@ -17,7 +17,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addons.clientplayback import ReplayHandler
 
 from addon.classify import ErrorKind
-from addon.model import Timeouts
+from addon.model import Provider, Timeouts
 from addon.sse import StreamTee
 
 
@@ -29,6 +29,8 @@ class AttemptWatch:
     headers_at: float | None = None
     tee: StreamTee | None = None
     finished: bool = False
+    #: Whose key the attempt carries, so the hooks can mask it once the request has left.
+    provider: Provider | None = None
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,9 @@ class Dispatcher:
     def watch_for(self, flow: http.HTTPFlow) -> AttemptWatch | None:
         return self.watches.get(flow.id)
 
-    async def send(self, flow: http.HTTPFlow, timeouts: Timeouts) -> AttemptEnd:
-        """Replay `flow` (already rewritten for its provider) and wait, bounded, for its answer."""
-        watch = AttemptWatch()
+    async def send(self, flow: http.HTTPFlow, provider: Provider, timeouts: Timeouts) -> AttemptEnd:
+        """Replay `flow` (already rewritten for `provider`) and wait, bounded, for its answer."""
+        watch = AttemptWatch(provider=provider)
         self.watches[flow.id] = watch
         handler = ReplayHandler(flow, ctx.options)
         task = asyncio.ensure_future(handler.replay())

@@ -21,7 +21,7 @@ from addon.core import AttemptResult, Core
 from addon.dispatch import AttemptEnd, Dispatcher
 from addon.errors import error_body
 from addon.model import App, Provider
-from addon.rewrite import header_plan, mapped_body, target_url
+from addon.rewrite import credential_headers, header_plan, mapped_body, target_url
 from addon.sse import StreamTee
 
 STREAMING_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl")
@@ -95,6 +95,31 @@ def apply_provider(request: http.Request, original: OriginalRequest, provider: P
     body = mapped_body(provider, original.raw_content or b"", original.headers) if provider.models else None
     if body is not None:
         request.content = body
+    elif original.raw_content and not _framed(request.headers):
+        # An HTTP/2 client may omit content-length; an HTTP/1.1 provider would then read no body.
+        request.headers["content-length"] = str(len(original.raw_content))
+
+
+def _framed(headers: http.Headers) -> bool:
+    return "content-length" in headers or "transfer-encoding" in headers
+
+
+def redact_sent_credentials(request: http.Request, provider: Provider) -> None:
+    """Once a request has left, mask the key Detour put on it, so mitmweb, saved flows and
+    `flow_detail` dumps never show it."""
+    for name in credential_headers(provider):
+        if name in request.headers:
+            request.headers[name] = "Bearer ***" if name == "authorization" else "***"
+
+
+def redact_body(response: http.Response, secrets: list[str]) -> None:
+    """Mask keys that a provider's error body echoes back, before the client gets it."""
+    body = response.get_content(strict=False) or b""
+    hits = [s.encode() for s in secrets if s and s.encode() in body]
+    for secret in hits:
+        body = body.replace(secret, b"***")
+    if hits:
+        response.content = body
 
 
 async def tcp_reachable(host: str, port: int, timeout: float) -> str | None:
@@ -218,7 +243,7 @@ class FailoverEngine:
         apply_provider(attempt.request, route.original, provider)
         started = self.core.clock()
         try:
-            end = await self.dispatcher.send(attempt, route.app.timeouts)
+            end = await self.dispatcher.send(attempt, provider, route.app.timeouts)
         except BaseException:
             self.core.release(route.app.name, provider.id, permit)
             raise
@@ -248,6 +273,8 @@ class FailoverEngine:
     def finish(self, flow: http.HTTPFlow, route: Route, served_by: Provider | None) -> None:
         """Tell the client and mitmweb what happened, and let the switch manager know."""
         if flow.response is not None and not flow.response.stream:
+            if flow.response.status_code >= 400:
+                redact_body(flow.response, self.core.secrets(self.core.config))
             set_client_headers(flow.response, served_by.id if served_by else None, route.failed)
         annotate_flow(flow, route.app.name, served_by.id if served_by else None, route.failed)
         if served_by is not None and route.final is not None and route.final.outcome is Outcome.SUCCESS:

@@ -25,7 +25,15 @@ from addon.classify import ErrorKind, classify_error, classify_status
 from addon.config import load_config
 from addon.core import Core
 from addon.dispatch import Dispatcher
-from addon.failover import ATTEMPT_KEY, FailoverEngine, OriginalRequest, Route, apply_provider, is_streaming
+from addon.failover import (
+    ATTEMPT_KEY,
+    FailoverEngine,
+    OriginalRequest,
+    Route,
+    apply_provider,
+    is_streaming,
+    redact_sent_credentials,
+)
 from addon.model import App, Config, Provider
 from addon.sse import StreamTee
 from addon.store import StateStore
@@ -47,6 +55,7 @@ class Detour:
         self.allowed_clients: tuple[Network, ...] = ()
         self._config_mtime: float | None = None
         self._apps_by_authority: dict[str, App | None] = {}
+        self._allow_hosts_set: list[str] | None = None
         self._allowed_peers: dict[str, bool] = {}
         self._watcher: asyncio.Task[None] | None = None
 
@@ -123,10 +132,15 @@ class Detour:
         logger.info("detour: loaded %s (%s)", config.source, ", ".join(a.name for a in config.apps))
 
     def _update_allow_hosts(self, config: Config) -> None:
+        current = list(ctx.options.allow_hosts)
         if ctx.options.detour_intercept_all:
+            if self._allow_hosts_set is not None and current == self._allow_hosts_set:
+                ctx.options.update(allow_hosts=[])  # only undo what Detour itself set
+            self._allow_hosts_set = None
             return
         patterns = allow_host_patterns(h for app in config.apps for h in app.hosts)
-        if list(ctx.options.allow_hosts) != patterns:
+        self._allow_hosts_set = patterns
+        if current != patterns:
             ctx.options.update(allow_hosts=patterns)
 
     def reload_config(self) -> None:
@@ -218,6 +232,8 @@ class Detour:
         if watch is not None:
             watch.headers_at = self.clock()
             watch.changed.set()
+            if watch.provider is not None:
+                redact_sent_credentials(flow.request, watch.provider)
             if is_streaming(flow.response):
                 watch.tee = StreamTee(self.clock)
                 flow.response.stream = watch.tee
@@ -227,6 +243,7 @@ class Detour:
             return
         route.cancel_timer()
         route.headers_at = self.clock()
+        redact_sent_credentials(flow.request, route.provider)
         kind = flow.response.headers.get(SYNTHETIC_HEADER)
         if kind == "closed":
             route.verdict = classify_error(ErrorKind.RESET, "connection closed before the response")
@@ -239,7 +256,10 @@ class Detour:
             flow.response.status_code, flow.response.headers, route.app.statuses, self.clock()
         )
         if route.verdict.fails_over:
-            return  # held back: the response hook fails over before the client sees anything
+            # Held back: the response hook fails over before the client sees anything. Its body must
+            # still arrive within `idle`, or the attempt is cut.
+            self._schedule_idle_check(flow, route)
+            return
         if is_streaming(flow.response):
             route.tee = StreamTee(self.clock)
             flow.response.stream = route.tee
@@ -274,6 +294,8 @@ class Detour:
     def error(self, flow: http.HTTPFlow) -> None:
         watch = self.dispatcher.watch_for(flow)
         if watch is not None:
+            if watch.provider is not None:
+                redact_sent_credentials(flow.request, watch.provider)
             watch.finished = True
             watch.changed.set()
             return
@@ -283,6 +305,7 @@ class Detour:
         route.cancel_timer()
         if route.provider is None or route.permit is None:
             return
+        redact_sent_credentials(flow.request, route.provider)
         message = flow.error.msg if flow.error else "error"
         if "client disconnected" in message.lower():
             self.core.release(route.app.name, route.provider.id, route.permit)
