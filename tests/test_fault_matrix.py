@@ -516,10 +516,12 @@ def test_fault_cell(env: Env, index: int) -> None:
     assert not problems, f"{cell.id}: {problems}\nreplies: {replies}"
 
 
-@pytest.mark.xfail(strict=True, reason="mitmproxy limit (README fault table): a non-streamed (JSON) body cut or stalled after the "
-                   "headers ends in mitmproxy's HTML 502 without failover, although the client has received "
-                   "nothing yet (shell.py Detour.error records RESET/TIMEOUT_IDLE and finishes with no "
-                   "answer)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="mitmproxy limit (README fault table): a non-streamed (JSON) body cut or stalled after the "
+    "headers ends in mitmproxy's HTML 502 without failover, although the client has received nothing "
+    "yet: mitmproxy ignores a response set in the error hook",
+)
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("fault", ["sse_cut", "sse_stall"])
 @pytest.mark.parametrize("api", list(APIS))
