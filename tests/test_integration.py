@@ -408,9 +408,8 @@ def test_reset_before_headers_fails_over(rig: Factory) -> None:
     assert r.primary.count() == 2 and r.backup.count() == 2
 
 
-def test_mid_stream_cut_never_ends_cleanly(rig: Factory) -> None:
-    r = rig()
-    r.primary.fault("sse_cut", events=3)
+def broken_stream(r: Rig) -> tuple[list[Any], float]:
+    """Stream one message that must break: the events received and the seconds it took."""
     events: list[Any] = []
     started = time.monotonic()
     with pytest.raises((anthropic.APIError, httpx.HTTPError)):
@@ -421,7 +420,14 @@ def test_mid_stream_cut_never_ends_cleanly(rig: Factory) -> None:
         # Some SDK versions end quietly on a truncated stream; it must at least be incomplete.
         if not any(e.type == "message_stop" for e in events):
             raise anthropic.APIError("incomplete stream", request=None, body=None)  # type: ignore[arg-type]
-    assert time.monotonic() - started < 8.0
+    return events, time.monotonic() - started
+
+
+def test_mid_stream_cut_never_ends_cleanly(rig: Factory) -> None:
+    r = rig()
+    r.primary.fault("sse_cut", events=3)
+    events, elapsed = broken_stream(r)
+    assert elapsed < 8.0
     assert not any(e.type == "message_stop" for e in events)
     assert r.backup.count() == 0  # nothing can be unsent: no failover once a stream started
 
@@ -429,16 +435,7 @@ def test_mid_stream_cut_never_ends_cleanly(rig: Factory) -> None:
 def test_stalled_stream_is_cut_after_idle_timeout(rig: Factory) -> None:
     r = rig()
     r.primary.fault("sse_stall", events=3)
-    events: list[Any] = []
-    started = time.monotonic()
-    with pytest.raises((anthropic.APIError, httpx.HTTPError)):
-        for event in r.claude().messages.create(
-            model="claude-sonnet-4", max_tokens=16, messages=MSG, stream=True
-        ):
-            events.append(event)
-        if not any(e.type == "message_stop" for e in events):
-            raise anthropic.APIError("incomplete stream", request=None, body=None)  # type: ignore[arg-type]
-    elapsed = time.monotonic() - started
+    events, elapsed = broken_stream(r)
     assert elapsed < 8.0, elapsed
     assert events and not any(e.type == "message_stop" for e in events)
     r.primary.healthy()

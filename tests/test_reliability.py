@@ -268,6 +268,14 @@ def test_sigkill_during_traffic_then_restart_restores_state(
     assert integrity(state) == "ok"
 
 
+def assert_routes_despite_state(md: Mitmdump, host: str, primary: MockProvider, warning: str) -> None:
+    """The state problem is reported, and Detour still routes and fails over."""
+    assert md.wait_for_log(warning, 5), md.log_text()
+    assert ok_request(md, host) == "ok:primary"
+    primary.fault("status", status=503)
+    assert ok_request(md, host) == "ok:backup"
+
+
 @pytest.mark.timeout(60)
 def test_corrupt_state_file_is_reported_and_routing_continues(
     mock_factory: MockFactory, mitmdump_factory: MdFactory, tmp_path: Path
@@ -277,10 +285,7 @@ def test_corrupt_state_file_is_reported_and_routing_continues(
     state.write_bytes(os.urandom(8192))
     cfg = write_config(tmp_path, app_yaml("corrupt", "corrupt.test", "anthropic", pair(p, b)))
     md = start(mitmdump_factory, cfg)
-    assert md.wait_for_log("was corrupt or unreadable", 5), md.log_text()
-    assert ok_request(md, "corrupt.test") == "ok:primary"
-    p.fault("status", status=503)
-    assert ok_request(md, "corrupt.test") == "ok:backup"
+    assert_routes_despite_state(md, "corrupt.test", p, "was corrupt or unreadable")
     assert list(tmp_path.glob("state.db.corrupt-*")), list(tmp_path.iterdir())
     md.stop()
     assert integrity(state) == "ok"
@@ -295,10 +300,7 @@ def test_unwritable_state_location_falls_back_to_memory(
     cfg = write_config(tmp_path, app_yaml("nostate", "nostate.test", "anthropic", pair(p, b)),
                        state="afile/detour.db")
     md = start(mitmdump_factory, cfg)
-    assert md.wait_for_log("state is kept in memory", 5), md.log_text()
-    assert ok_request(md, "nostate.test") == "ok:primary"
-    p.fault("status", status=503)
-    assert ok_request(md, "nostate.test") == "ok:backup"
+    assert_routes_despite_state(md, "nostate.test", p, "state is kept in memory")
     assert md.alive
 
 
@@ -473,13 +475,7 @@ def h2_post(port: int, ca: Path, host: str, path: str, body: bytes, headers: dic
     deadline = time.monotonic() + timeout
     raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
-        raw.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
-        head = b""
-        for _ in range(100):
-            if b"\r\n\r\n" in head:
-                break
-            head += raw.recv(1)
-        assert head.startswith(b"HTTP/1.1 200"), head
+        open_tunnel(raw, f"{host}:443")
         ctx = ssl.create_default_context(cafile=str(ca))
         ctx.set_alpn_protocols(["h2"])
         tls = ctx.wrap_socket(raw, server_hostname=host)
@@ -691,17 +687,21 @@ def test_provider_error_body_echoing_its_key_is_not_returned_to_client(
     assert not secret_leaks(reply.body + json.dumps(reply.headers).encode()), reply.body
 
 
+def open_tunnel(sock: socket.socket, target: str) -> None:
+    """Send CONNECT for `target` through the proxy and read its 200 (bounded byte by byte)."""
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = b""
+    for _ in range(500):
+        if b"\r\n\r\n" in head:
+            break
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+
+
 def connect_tunnel_request(proxy_port: int, target_port: int, request: bytes) -> bytes:
     s = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
     try:
-        target = f"127.0.0.1:{target_port}"
-        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-        head = b""
-        for _ in range(200):
-            if b"\r\n\r\n" in head:
-                break
-            head += s.recv(1)
-        assert head.startswith(b"HTTP/1.1 200"), head
+        open_tunnel(s, f"127.0.0.1:{target_port}")
         s.sendall(request)
         data = b""
         for _ in range(1000):
