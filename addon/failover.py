@@ -42,18 +42,12 @@ class Route:
     headers_at: float | None = None
     verdict: Verdict | None = None
     tee: StreamTee | None = None
-    timer: asyncio.TimerHandle | None = None
     timed_out: ErrorKind | None = None
     #: The current provider was TCP-probed for this request already.
     probed: bool = False
     failed: list[FailedAttempt] = field(default_factory=list)
     #: The verdict on the answer the client gets; only a success moves the app's current provider.
     final: Verdict | None = None
-
-    def cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
 
 def is_streaming(response: http.Response) -> bool:
@@ -142,6 +136,23 @@ class FailoverEngine:
         self.dispatcher = dispatcher
 
     # --- picking a provider ---------------------------------------------------------------
+
+    def next_warm_provider(self, route: Route) -> tuple[Provider, Permit] | None:
+        """The next provider when it needs no probe (it answered recently); None otherwise.
+
+        Providers whose breaker refuses are skipped; the queue then starts with one that needs a probe.
+        """
+        app = route.app
+        while route.queue:
+            provider = route.queue[0]
+            if not self.core.is_warm(app.name, provider.id):
+                return None
+            route.queue.pop(0)
+            permit = self.core.acquire(app.name, provider.id)
+            if permit is not None:
+                route.probed = False
+                return provider, permit
+        return None
 
     async def next_provider(self, route: Route) -> tuple[Provider, Permit] | None:
         """Pop the next provider that admits a call and accepts connections; failures are recorded.

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from mitmproxy import command, ctx, exceptions, http
@@ -21,6 +21,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addon.access import Network, allow_host_patterns, client_allowed, parse_client_networks
 from addon.annotate import set_client_headers
+from addon.breaker import Permit
 from addon.classify import ErrorKind, classify_error, classify_status
 from addon.config import load_config
 from addon.core import Core
@@ -43,6 +44,8 @@ logger = logging.getLogger("detour")
 
 #: Bound on the per-value caches of the request path (authorities, client addresses).
 CACHE_LIMIT = 1024
+#: How often in-flight attempts are checked against their timeouts.
+SWEEP_INTERVAL = 0.1
 
 
 class Detour:
@@ -57,7 +60,8 @@ class Detour:
         self._apps_by_authority: dict[str, App | None] = {}
         self._allow_hosts_set: list[str] | None = None
         self._allowed_peers: dict[str, bool] = {}
-        self._watcher: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Future[None] | None = None
+        self._sweeper: asyncio.Future[None] | None = None
 
     # --- options ----------------------------------------------------------------------------
 
@@ -102,13 +106,16 @@ class Detour:
             ctx.options.update(connection_strategy="lazy")
         if ctx.options.detour_watch_ms > 0 and self._watcher is None:
             self._watcher = asyncio.ensure_future(self._watch_config())
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep_deadlines())
 
     async def done(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        for task in (self._watcher, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watcher = self._sweeper = None
         if self.core is not None:
             self.core.close()
             self.core = None
@@ -199,13 +206,15 @@ class Detour:
         flow.request.stream = False
         self.routes[flow.id] = Route(app, flow)
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        # Synchronous unless a provider must be probed first: mitmproxy awaits what a hook returns,
+        # and the common path then costs no coroutine.
         route = self.routes.get(flow.id)
         if route is None or self.core is None or self.engine is None:
-            return
+            return None
         if flow.response is not None:  # answered by another addon
             self.routes.pop(flow.id, None)
-            return
+            return None
         peer = flow.client_conn.peername[0] if flow.client_conn.peername else None
         if not self._client_allowed(peer):
             self.routes.pop(flow.id, None)
@@ -213,18 +222,27 @@ class Detour:
                 route.app, 403, f"Detour serves loopback clients only; {peer} is not in detour_allow_clients",
                 None,
             )
-            return
+            return None
         route.original = OriginalRequest.of(flow.request)
         route.queue = self.core.candidates(route.app)
-        picked = await self.engine.next_provider(route)
+        picked = self.engine.next_warm_provider(route)
+        if picked is None and route.queue:
+            return self._request_after_probe(flow, route)
+        self._send_to(flow, route, picked)
+        return None
+
+    async def _request_after_probe(self, flow: http.HTTPFlow, route: Route) -> None:
+        assert self.engine is not None
+        self._send_to(flow, route, await self.engine.next_provider(route))
+
+    def _send_to(self, flow: http.HTTPFlow, route: Route, picked: tuple[Provider, Permit] | None) -> None:
         if picked is None:
             self._refuse_untried(flow, route)
             return
+        assert route.original is not None
         route.provider, route.permit = picked
         apply_provider(flow.request, route.original, route.provider)
         route.sent_at = self.clock()
-        deadline = route.app.timeouts.connect + route.app.timeouts.first_byte
-        route.timer = asyncio.get_running_loop().call_later(deadline, self._first_byte_expired, flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
@@ -241,7 +259,6 @@ class Detour:
         route = self.routes.get(flow.id)
         if route is None or route.provider is None:
             return
-        route.cancel_timer()
         route.headers_at = self.clock()
         redact_sent_credentials(flow.request, route.provider)
         kind = flow.response.headers.get(SYNTHETIC_HEADER)
@@ -257,8 +274,7 @@ class Detour:
         )
         if route.verdict.fails_over:
             # Held back: the response hook fails over before the client sees anything. Its body must
-            # still arrive within `idle`, or the attempt is cut.
-            self._schedule_idle_check(flow, route)
+            # still arrive within `idle`, or the sweeper cuts the attempt.
             return
         if is_streaming(flow.response):
             route.tee = StreamTee(self.clock)
@@ -266,18 +282,16 @@ class Detour:
             route.final = route.verdict
             # A streamed answer's headers leave now, so the Detour headers must be set now.
             set_client_headers(flow.response, route.provider.id, route.failed)
-        self._schedule_idle_check(flow, route)
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         watch = self.dispatcher.watch_for(flow)
         if watch is not None:
             watch.finished = True
             watch.changed.set()
-            return
+            return None
         route = self.routes.pop(flow.id, None)
         if route is None or self.engine is None or route.provider is None or route.permit is None:
-            return
-        route.cancel_timer()
+            return None
         assert flow.response is not None
         if route.tee is not None:
             flow.response.raw_content = route.tee.body
@@ -285,10 +299,16 @@ class Detour:
         synthetic = SYNTHETIC_HEADER in flow.response.headers
         status = None if synthetic else flow.response.status_code
         self.engine.record(route, route.provider, route.permit, verdict, route.sent_at, status)
-        served_by: Provider | None = route.provider
         route.final = verdict
         if verdict.fails_over and route.tee is None:
-            served_by = await self.engine.fail_over(flow, route, None if synthetic else flow.response)
+            return self._fail_over(flow, route, None if synthetic else flow.response)
+        self.engine.finish(flow, route, route.provider)
+        return None
+
+    async def _fail_over(self, flow: http.HTTPFlow, route: Route, last: http.Response | None) -> None:
+        """The client hasn't seen anything yet: try the rest of the queue while this hook is awaited."""
+        assert self.engine is not None
+        served_by = await self.engine.fail_over(flow, route, last)
         self.engine.finish(flow, route, served_by)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -302,7 +322,6 @@ class Detour:
         route = self.routes.pop(flow.id, None)
         if route is None or self.engine is None or self.core is None:
             return
-        route.cancel_timer()
         if route.provider is None or route.permit is None:
             return
         redact_sent_credentials(flow.request, route.provider)
@@ -319,12 +338,16 @@ class Detour:
         self.engine.record(route, route.provider, route.permit, verdict, route.sent_at)
         self.engine.finish(flow, route, None)
 
-    async def server_connect(self, data: ServerConnectionHookData) -> None:
+    def server_connect(self, data: ServerConnectionHookData) -> Awaitable[None] | None:
         route = self._route_connecting(data)
         if route is None or route.probed or self.engine is None:
-            return
-        assert route.flow is not None and route.provider is not None and route.permit is not None
+            return None
         route.probed = True
+        return self._probe_before_connect(data, route)
+
+    async def _probe_before_connect(self, data: ServerConnectionHookData, route: Route) -> None:
+        assert self.engine is not None
+        assert route.flow is not None and route.provider is not None and route.permit is not None
         if await self.engine.reachable(route, route.provider, route.permit):
             return
         # The provider answered recently but refuses now: move this request to the next one before
@@ -381,31 +404,33 @@ class Detour:
 
     # --- timeouts ---------------------------------------------------------------------------
 
-    def _first_byte_expired(self, flow: http.HTTPFlow) -> None:
-        route = self.routes.get(flow.id)
-        if route is None or route.headers_at is not None:
-            return
-        route.timer = None
-        route.timed_out = ErrorKind.TIMEOUT_FIRST_BYTE
-        if not inject_timeout_response(flow, "first_byte"):
-            cut_upstream(flow)
+    def check_deadlines(self) -> None:
+        """Cut native attempts past their deadline: mitmproxy has no connect or response timeout.
 
-    def _schedule_idle_check(self, flow: http.HTTPFlow, route: Route) -> None:
-        last = route.tee.last_activity if route.tee is not None else route.headers_at or self.clock()
-        delay = max(0.0, last + route.app.timeouts.idle - self.clock())
-        route.timer = asyncio.get_running_loop().call_later(delay, self._idle_expired, flow)
+        One sweep over the in-flight routes every `SWEEP_INTERVAL` costs less than a timer per
+        request, and a timeout that fires a fraction of a second late changes nothing for the user.
+        """
+        now = self.clock()
+        for route in list(self.routes.values()):
+            flow = route.flow
+            if flow is None or route.provider is None or route.timed_out is not None:
+                continue
+            timeouts = route.app.timeouts
+            if route.headers_at is None:
+                if now - route.sent_at >= timeouts.connect + timeouts.first_byte:
+                    route.timed_out = ErrorKind.TIMEOUT_FIRST_BYTE
+                    if not inject_timeout_response(flow, "first_byte"):
+                        cut_upstream(flow)
+                continue
+            last = route.tee.last_activity if route.tee is not None else route.headers_at
+            if now - last >= timeouts.idle:
+                route.timed_out = ErrorKind.TIMEOUT_IDLE
+                cut_upstream(flow)
 
-    def _idle_expired(self, flow: http.HTTPFlow) -> None:
-        route = self.routes.get(flow.id)
-        if route is None:
-            return
-        route.timer = None
-        last = route.tee.last_activity if route.tee is not None else route.headers_at or 0.0
-        if self.clock() - last < route.app.timeouts.idle:
-            self._schedule_idle_check(flow, route)
-            return
-        route.timed_out = ErrorKind.TIMEOUT_IDLE
-        cut_upstream(flow)
+    async def _sweep_deadlines(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            self.check_deadlines()
 
     def _refuse_untried(self, flow: http.HTTPFlow, route: Route) -> None:
         assert self.engine is not None and self.core is not None

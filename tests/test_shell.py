@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import time
@@ -38,7 +39,7 @@ def config_doc(primary_url: str, backup_url: str, **top: Any) -> dict[str, Any]:
         "state": "state.db",
         "switch_min_interval": "0s",
         "breaker": {"failure_threshold": 3, "open_for": "30s"},
-        # the hooks' real-time timers must never fire during a test
+        # no deadline may pass during a test (the sweeper only runs after running())
         "timeouts": {"connect": "1s", "first_byte": "60s", "idle": "60s"},
         "apps": {
             "claude": {
@@ -96,6 +97,12 @@ def response(status: int = 200, body: bytes = b'{"ok": true}', content_type: str
     return http.Response.make(status, body, {"content-type": content_type, **headers})
 
 
+async def as_mitmproxy_awaits(result: object) -> None:
+    """Hooks may return an awaitable (only when they have waiting to do); mitmproxy awaits it."""
+    if inspect.isawaitable(result):
+        await result
+
+
 @dataclass
 class Shell:
     addon: Detour
@@ -108,14 +115,14 @@ class Shell:
     async def route(self, flow: http.HTTPFlow) -> http.HTTPFlow:
         """requestheaders + request, as mitmproxy runs them."""
         self.addon.requestheaders(flow)
-        await self.addon.request(flow)
+        await as_mitmproxy_awaits(self.addon.request(flow))
         return flow
 
     async def serve(self, flow: http.HTTPFlow, resp: http.Response) -> http.HTTPFlow:
         """The provider answers `resp` (not streamed)."""
         flow.response = resp
         self.addon.responseheaders(flow)
-        await self.addon.response(flow)
+        await as_mitmproxy_awaits(self.addon.response(flow))
         return flow
 
     async def fail_connect(self, flow: http.HTTPFlow, msg: str = "connection refused") -> None:
@@ -135,8 +142,6 @@ class Shell:
 
 
 async def _teardown(addon: Detour) -> None:
-    for route in list(addon.routes.values()):
-        route.cancel_timer()
     addon.routes.clear()
     await addon.done()
 
@@ -410,7 +415,7 @@ async def test_streamed_answer_is_teed_and_labelled_at_headers(shell: Shell) -> 
     chunk = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
     assert tee(chunk) == chunk  # passed through untouched
     tee(b"")
-    await shell.addon.response(flow)
+    await as_mitmproxy_awaits(shell.addon.response(flow))
     assert flow.response.raw_content == chunk  # kept for mitmweb
     assert "  primary: closed failures=0" in shell.status()
 
@@ -431,7 +436,7 @@ async def test_incomplete_or_error_stream_counts_against_the_provider(shell: She
     assert callable(tee)
     tee(chunk)
     tee(b"")
-    await shell.addon.response(flow)
+    await as_mitmproxy_awaits(shell.addon.response(flow))
     assert "  primary: closed failures=1" in shell.status()
     assert shell.backup.count() == 0  # nothing can be unsent
 
@@ -449,7 +454,7 @@ async def test_failed_stream_does_not_move_the_current_provider(shell: Shell) ->
     assert callable(tee)
     tee(b'event: message_start\ndata: {"type":"message_start"}\n\n')
     tee(b"")
-    await shell.addon.response(flow)
+    await as_mitmproxy_awaits(shell.addon.response(flow))
     assert core.switches.current("claude") == "backup"
 
 
