@@ -45,13 +45,23 @@ class Route:
     timed_out: ErrorKind | None = None
     #: The current provider was TCP-probed for this request already.
     probed: bool = False
+    #: The native answer is Detour's own stand-in for a provider that went silent or closed.
+    synthetic: bool = False
     failed: list[FailedAttempt] = field(default_factory=list)
     #: The verdict on the answer the client gets; only a success moves the app's current provider.
     final: Verdict | None = None
 
 
+def header(headers: http.Headers, name: bytes) -> str | None:
+    """A header's first value by a scan of the raw fields: the hot path can't afford the Mapping ABC."""
+    for key, value in headers.fields:
+        if len(key) == len(name) and key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
 def is_streaming(response: http.Response) -> bool:
-    content_type = response.headers.get("content-type", "").lower()
+    content_type = (header(response.headers, b"content-type") or "").lower()
     return any(t in content_type for t in STREAMING_TYPES)
 
 
@@ -89,7 +99,7 @@ def apply_provider(request: http.Request, original: OriginalRequest, provider: P
     body = mapped_body(provider, original.raw_content or b"", original.headers) if provider.models else None
     if body is not None:
         request.content = body
-    elif original.raw_content and not _framed(request.headers):
+    elif original.raw_content and request.http_version == "HTTP/2.0" and not _framed(request.headers):
         # An HTTP/2 client may omit content-length; an HTTP/1.1 provider would then read no body.
         request.headers["content-length"] = str(len(original.raw_content))
 

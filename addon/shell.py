@@ -32,6 +32,7 @@ from addon.failover import (
     OriginalRequest,
     Route,
     apply_provider,
+    header,
     is_streaming,
     redact_sent_credentials,
 )
@@ -174,7 +175,7 @@ class Detour:
     def _app_for(self, flow: http.HTTPFlow) -> App | None:
         """The app of the host the client thinks it talks to (Host / :authority), cached per value."""
         assert self.core is not None
-        authority = flow.request.authority or flow.request.headers.get("host", "")
+        authority = flow.request.authority or header(flow.request.headers, b"host") or ""
         if not authority:
             return self.core.config.app_for_host(flow.request.pretty_host)
         if authority not in self._apps_by_authority:
@@ -261,7 +262,8 @@ class Detour:
             return
         route.headers_at = self.clock()
         redact_sent_credentials(flow.request, route.provider)
-        kind = flow.response.headers.get(SYNTHETIC_HEADER)
+        kind = header(flow.response.headers, SYNTHETIC_HEADER.encode())
+        route.synthetic = kind is not None
         if kind == "closed":
             route.verdict = classify_error(ErrorKind.RESET, "connection closed before the response")
             return
@@ -296,7 +298,7 @@ class Detour:
         if route.tee is not None:
             flow.response.raw_content = route.tee.body
         verdict = self.engine.native_verdict(flow, route)
-        synthetic = SYNTHETIC_HEADER in flow.response.headers
+        synthetic = route.synthetic
         status = None if synthetic else flow.response.status_code
         self.engine.record(route, route.provider, route.permit, verdict, route.sent_at, status)
         route.final = verdict
