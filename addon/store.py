@@ -551,7 +551,7 @@ class StateStore:
             else:
                 attempts = True
                 r = op.rec
-                error = redact(str(r.error), secrets)[:MAX_ERROR_CHARS]
+                error = redact(str(r.error), secrets)[:MAX_ERROR_CHARS] if r.error else ""
                 sql = _LOG_ATTEMPT
                 params = (r.at, r.app, r.provider, r.status, r.outcome, r.latency_ms, error)
             try:
