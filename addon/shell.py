@@ -45,8 +45,8 @@ logger = logging.getLogger("detour")
 
 #: Bound on the per-value caches of the request path (authorities, client addresses).
 CACHE_LIMIT = 1024
-#: How often in-flight attempts are checked against their timeouts.
-SWEEP_INTERVAL = 0.1
+#: The deadline sweeper never wakes more often than this.
+MIN_SWEEP_INTERVAL = 0.005
 
 
 class Detour:
@@ -60,6 +60,7 @@ class Detour:
         self._config_mtime: float | None = None
         self._apps_by_authority: dict[str, App | None] = {}
         self._allow_hosts_set: list[str] | None = None
+        self._shortest_timeout = 1.0
         self._allowed_peers: dict[str, bool] = {}
         self._watcher: asyncio.Future[None] | None = None
         self._sweeper: asyncio.Future[None] | None = None
@@ -137,6 +138,9 @@ class Detour:
         else:
             self.core.reconfigure(config)
         self._apps_by_authority.clear()
+        self._shortest_timeout = min(
+            min(a.timeouts.connect + a.timeouts.first_byte, a.timeouts.idle) for a in config.apps
+        )
         logger.info("detour: loaded %s (%s)", config.source, ", ".join(a.name for a in config.apps))
 
     def _update_allow_hosts(self, config: Config) -> None:
@@ -406,33 +410,40 @@ class Detour:
 
     # --- timeouts ---------------------------------------------------------------------------
 
-    def check_deadlines(self) -> None:
+    def check_deadlines(self) -> float:
         """Cut native attempts past their deadline: mitmproxy has no connect or response timeout.
 
-        One sweep over the in-flight routes every `SWEEP_INTERVAL` costs less than a timer per
-        request, and a timeout that fires a fraction of a second late changes nothing for the user.
+        One sweep over the in-flight routes, woken at the next deadline, costs less than a timer per
+        request. Returns the seconds until the next deadline; no new route can fall due sooner than
+        the shortest configured timeout, so sleeping that long never misses one.
         """
         now = self.clock()
+        due_in = self._shortest_timeout
         for route in list(self.routes.values()):
             flow = route.flow
             if flow is None or route.provider is None or route.timed_out is not None:
                 continue
             timeouts = route.app.timeouts
             if route.headers_at is None:
-                if now - route.sent_at >= timeouts.connect + timeouts.first_byte:
+                left = route.sent_at + timeouts.connect + timeouts.first_byte - now
+                if left <= 0:
                     route.timed_out = ErrorKind.TIMEOUT_FIRST_BYTE
                     if not inject_timeout_response(flow, "first_byte"):
                         cut_upstream(flow)
-                continue
-            last = route.tee.last_activity if route.tee is not None else route.headers_at
-            if now - last >= timeouts.idle:
-                route.timed_out = ErrorKind.TIMEOUT_IDLE
-                cut_upstream(flow)
+                    continue
+            else:
+                last = route.tee.last_activity if route.tee is not None else route.headers_at
+                left = last + timeouts.idle - now
+                if left <= 0:
+                    route.timed_out = ErrorKind.TIMEOUT_IDLE
+                    cut_upstream(flow)
+                    continue
+            due_in = min(due_in, left)
+        return due_in
 
     async def _sweep_deadlines(self) -> None:
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            self.check_deadlines()
+            await asyncio.sleep(max(MIN_SWEEP_INTERVAL, self.check_deadlines()))
 
     def _refuse_untried(self, flow: http.HTTPFlow, route: Route) -> None:
         assert self.engine is not None and self.core is not None
