@@ -8,6 +8,8 @@ same way on mitmproxy 11.0.2 and 12.x.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import signal
 import socket
@@ -35,11 +37,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def mitmdump_executable() -> Path:
-    """The ``mitmdump`` next to ``sys.executable`` (not resolved, so a venv's own one)."""
-    exe = Path(sys.executable).parent / "mitmdump"
+def mitmdump_executable(program: str = "mitmdump") -> Path:
+    """The ``mitmdump`` (or ``mitmweb``) next to ``sys.executable`` (not resolved: a venv's own one)."""
+    exe = Path(sys.executable).parent / program
     if not exe.exists():
-        raise FileNotFoundError(f"no mitmdump next to {sys.executable}")
+        raise FileNotFoundError(f"no {program} next to {sys.executable}")
     return exe
 
 
@@ -98,6 +100,7 @@ class Mitmdump:
         env: Mapping[str, str] | None = None,
         log_path: Path | str | None = None,
         start_timeout: float = _START_TIMEOUT,
+        program: str = "mitmdump",
     ) -> Mitmdump:
         """Start mitmdump and wait until every listen port accepts TCP.
 
@@ -113,7 +116,7 @@ class Mitmdump:
             raise ValueError("need regular_port and/or reverse listeners")
         ports = ([regular_port] if regular_port is not None else []) + list(rev)
 
-        argv = [str(mitmdump_executable())]
+        argv = [str(mitmdump_executable(program))]
         if script is not None:
             argv += ["-s", str(script)]
         argv += [
@@ -281,3 +284,17 @@ class Mitmdump:
 
     def __repr__(self) -> str:
         return f"<Mitmdump pid={self.proc.pid} ports={self.ports} alive={self.alive}>"
+
+
+def post_json(
+    port: int, path: str, document: object, headers: Mapping[str, str], timeout: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
+    """One POST to 127.0.0.1:`port` on a fresh connection: (status, lower-cased headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        all_headers = {"content-type": "application/json", **headers}
+        conn.request("POST", path, json.dumps(document), all_headers)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()

@@ -3,13 +3,12 @@ served, with the right credentials, by the next provider (the `server_connect` p
 
 from __future__ import annotations
 
-import http.client
 import json
 from pathlib import Path
 
 import pytest
 import yaml
-from harness import free_port
+from harness import free_port, post_json
 
 pytestmark = pytest.mark.integration
 
@@ -18,15 +17,8 @@ BACKUP_KEY = "sk-connect-backup-0002"
 
 
 def post(port: int) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        body = json.dumps({"model": "claude-x", "max_tokens": 5, "messages": []})
-        headers = {"x-api-key": CLIENT_KEY, "content-type": "application/json"}
-        conn.request("POST", "/v1/messages", body, headers)
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
+    document = {"model": "claude-x", "max_tokens": 5, "messages": []}
+    return post_json(port, "/v1/messages", document, {"x-api-key": CLIENT_KEY})
 
 
 @pytest.mark.parametrize("backup_has_key", [True, False], ids=["keyed-backup", "keyless-backup"])
