@@ -16,7 +16,6 @@ from pathlib import Path
 
 from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
-from mitmproxy.connection import Server
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from addon.access import Network, allow_host_patterns, client_allowed, parse_client_networks
@@ -24,6 +23,14 @@ from addon.annotate import set_client_headers
 from addon.breaker import Permit
 from addon.classify import ErrorKind, classify_error, classify_status
 from addon.config import load_config
+from addon.connections import (
+    MIN_SWEEP_INTERVAL,
+    awaiting_headers_on,
+    check_deadlines,
+    reroute_if_unreachable,
+    route_connecting,
+    shortest_timeout,
+)
 from addon.core import Core
 from addon.dispatch import Dispatcher
 from addon.failover import (
@@ -39,14 +46,12 @@ from addon.failover import (
 from addon.model import App, Config, Provider
 from addon.sse import StreamTee
 from addon.store import StateStore
-from addon.transport import SYNTHETIC_HEADER, cut_upstream, inject_timeout_response, on_early_close
+from addon.transport import SYNTHETIC_HEADER, on_early_close
 
 logger = logging.getLogger("detour")
 
 #: Bound on the per-value caches of the request path (authorities, client addresses).
 CACHE_LIMIT = 1024
-#: The deadline sweeper never wakes more often than this.
-MIN_SWEEP_INTERVAL = 0.005
 
 
 class Detour:
@@ -138,9 +143,7 @@ class Detour:
         else:
             self.core.reconfigure(config)
         self._apps_by_authority.clear()
-        self._shortest_timeout = min(
-            min(a.timeouts.connect + a.timeouts.first_byte, a.timeouts.idle) for a in config.apps
-        )
+        self._shortest_timeout = shortest_timeout(config)
         logger.info("detour: loaded %s (%s)", config.source, ", ".join(a.name for a in config.apps))
 
     def _update_allow_hosts(self, config: Config) -> None:
@@ -345,7 +348,7 @@ class Detour:
         self.engine.finish(flow, route, None)
 
     def server_connect(self, data: ServerConnectionHookData) -> Awaitable[None] | None:
-        route = self._route_connecting(data)
+        route = route_connecting(self.routes, data)
         if route is None or route.probed or self.engine is None:
             return None
         route.probed = True
@@ -353,97 +356,20 @@ class Detour:
 
     async def _probe_before_connect(self, data: ServerConnectionHookData, route: Route) -> None:
         assert self.engine is not None
-        assert route.flow is not None and route.provider is not None and route.permit is not None
-        if await self.engine.reachable(route, route.provider, route.permit):
-            return
-        # The provider answered recently but refuses now: move this request to the next one before
-        # mitmproxy commits to the dead address (it can't retry after its own connect fails).
-        # Only a provider with the same scheme fits the connection mitmproxy is setting up.
-        same = route.flow.request.scheme + "://"
-        others = [p for p in route.queue if not p.base_url.startswith(same)]
-        route.queue = [p for p in route.queue if p.base_url.startswith(same)]
-        picked = await self.engine.next_provider(route)
-        route.queue += others
-        if picked is None:
-            return
-        route.provider, route.permit = picked
-        assert route.original is not None
-        apply_provider(route.flow.request, route.original, route.provider)
-        data.server.address = (route.flow.request.host, route.flow.request.port)
-        if data.server.tls:
-            data.server.sni = route.flow.request.host
-        route.sent_at = self.clock()
-
-    def _route_connecting(self, data: ServerConnectionHookData) -> Route | None:
-        """The routed flow of this client connection that is waiting for this very connection."""
-        if not self.routes or data.server.address is None:
-            return None
-        client_id = data.client.id
-        for route in self.routes.values():
-            flow = route.flow
-            if (
-                flow is not None
-                and route.provider is not None
-                and route.headers_at is None
-                and flow.client_conn.id == client_id
-                and (flow.request.host, flow.request.port) == tuple(data.server.address[:2])
-            ):
-                return route
-        return None
+        if await reroute_if_unreachable(self.engine, route, data):
+            route.sent_at = self.clock()
 
     def server_connected(self, data: ServerConnectionHookData) -> None:
-        if not self.routes:
-            return
-        server = data.server
-        client_id = data.client.id
-        if not any(r.flow is not None and r.flow.client_conn.id == client_id for r in self.routes.values()):
-            return
-        on_early_close(server, lambda: self._awaiting_headers_on(server))
-
-    def _awaiting_headers_on(self, server: Server) -> str | None:
-        """'closed' if a routed flow on `server` still waits for its response headers."""
-        for route in self.routes.values():
-            flow = route.flow
-            if flow is not None and flow.server_conn is server and route.headers_at is None:
-                return "closed"
-        return None
-
-    # --- timeouts ---------------------------------------------------------------------------
-
-    def check_deadlines(self) -> float:
-        """Cut native attempts past their deadline: mitmproxy has no connect or response timeout.
-
-        One sweep over the in-flight routes, woken at the next deadline, costs less than a timer per
-        request. Returns the seconds until the next deadline; no new route can fall due sooner than
-        the shortest configured timeout, so sleeping that long never misses one.
-        """
-        now = self.clock()
-        due_in = self._shortest_timeout
-        for route in list(self.routes.values()):
-            flow = route.flow
-            if flow is None or route.provider is None or route.timed_out is not None:
-                continue
-            timeouts = route.app.timeouts
-            if route.headers_at is None:
-                left = route.sent_at + timeouts.connect + timeouts.first_byte - now
-                if left <= 0:
-                    route.timed_out = ErrorKind.TIMEOUT_FIRST_BYTE
-                    if not inject_timeout_response(flow, "first_byte"):
-                        cut_upstream(flow)
-                    continue
-            else:
-                last = route.tee.last_activity if route.tee is not None else route.headers_at
-                left = last + timeouts.idle - now
-                if left <= 0:
-                    route.timed_out = ErrorKind.TIMEOUT_IDLE
-                    cut_upstream(flow)
-                    continue
-            due_in = min(due_in, left)
-        return due_in
+        if self.routes and any(
+            r.flow is not None and r.flow.client_conn.id == data.client.id for r in self.routes.values()
+        ):
+            server = data.server
+            on_early_close(server, lambda: awaiting_headers_on(self.routes, server))
 
     async def _sweep_deadlines(self) -> None:
         while True:
-            await asyncio.sleep(max(MIN_SWEEP_INTERVAL, self.check_deadlines()))
+            due_in = check_deadlines(self.routes, self.clock(), self._shortest_timeout)
+            await asyncio.sleep(max(MIN_SWEEP_INTERVAL, due_in))
 
     def _refuse_untried(self, flow: http.HTTPFlow, route: Route) -> None:
         assert self.engine is not None and self.core is not None
