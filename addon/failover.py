@@ -28,7 +28,7 @@ STREAMING_TYPES = ("text/event-stream", "application/x-ndjson", "application/jso
 ATTEMPT_KEY = "detour_attempt"
 
 
-@dataclass
+@dataclass(slots=True)
 class Route:
     """Mutable bookkeeping of one routed flow (kept beside the flow, never in its metadata)."""
 
@@ -111,6 +111,8 @@ def _framed(headers: http.Headers) -> bool:
 def redact_sent_credentials(request: http.Request, provider: Provider) -> None:
     """Once a request has left, mask the key Detour put on it, so mitmweb, saved flows and
     `flow_detail` dumps never show it."""
+    if provider.api_key is None:
+        return
     for name in credential_headers(provider):
         if name in request.headers:
             request.headers[name] = "Bearer ***" if name == "authorization" else "***"

@@ -64,6 +64,7 @@ class Detour:
         self.allowed_clients: tuple[Network, ...] = ()
         self._config_mtime: float | None = None
         self._apps_by_authority: dict[str, App | None] = {}
+        self._routed_paths: dict[tuple[str, str], bool] = {}
         self._allow_hosts_set: list[str] | None = None
         self._shortest_timeout = 1.0
         self._allowed_peers: dict[str, bool] = {}
@@ -143,6 +144,7 @@ class Detour:
         else:
             self.core.reconfigure(config)
         self._apps_by_authority.clear()
+        self._routed_paths.clear()
         self._shortest_timeout = shortest_timeout(config)
         logger.info("detour: loaded %s (%s)", config.source, ", ".join(a.name for a in config.apps))
 
@@ -192,6 +194,16 @@ class Detour:
             self._apps_by_authority[authority] = self.core.config.app_for_host(host.strip("[]"))
         return self._apps_by_authority[authority]
 
+    def _routes_path(self, app: App, path: str) -> bool:
+        """`app.routes_path`, cached: the glob match would otherwise run on every request."""
+        key = (app.name, path)
+        routed = self._routed_paths.get(key)
+        if routed is None:
+            if len(self._routed_paths) >= CACHE_LIMIT:
+                self._routed_paths.clear()
+            routed = self._routed_paths[key] = app.routes_path(path)
+        return routed
+
     def _client_allowed(self, peer: str | None) -> bool:
         if peer is None:
             return False
@@ -208,7 +220,7 @@ class Detour:
         if self.core is None or ATTEMPT_KEY in flow.metadata:
             return
         app = self._app_for(flow)
-        if app is None or not app.routes_path(flow.request.path):
+        if app is None or not self._routes_path(app, flow.request.path):
             return
         # A streamed request body would leave before `request` could reroute it.
         flow.request.stream = False
