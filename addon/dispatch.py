@@ -28,7 +28,6 @@ class AttemptWatch:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     headers_at: float | None = None
     tee: StreamTee | None = None
-    finished: bool = False
     #: Whose key the attempt carries, so the hooks can mask it once the request has left.
     provider: Provider | None = None
 

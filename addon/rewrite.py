@@ -99,14 +99,3 @@ def mapped_body(provider: Provider, body: bytes, headers: Mapping[str, str]) -> 
     except UnicodeEncodeError:  # a lone surrogate (e.g. a cut emoji) only survives as an escape
         return json.dumps(document, separators=(",", ":")).encode()
 
-
-def requested_model(body: bytes | None) -> str | None:
-    """The `model` a client asked for, for logs; None for non-JSON bodies."""
-    if not body or b'"model"' not in body:
-        return None
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    model = document.get("model") if isinstance(document, dict) else None
-    return model if isinstance(model, str) else None

@@ -307,7 +307,6 @@ class Detour:
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         watch = self.dispatcher.watch_for(flow)
         if watch is not None:
-            watch.finished = True
             watch.changed.set()
             return None
         route = self.routes.pop(flow.id, None)
@@ -337,7 +336,6 @@ class Detour:
         if watch is not None:
             if watch.provider is not None:
                 redact_sent_credentials(flow.request, watch.provider)
-            watch.finished = True
             watch.changed.set()
             return
         route = self.routes.pop(flow.id, None)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from addon.model import Provider
-from addon.rewrite import CREDENTIAL_HEADERS, header_plan, mapped_body, requested_model, target_url
+from addon.rewrite import CREDENTIAL_HEADERS, header_plan, mapped_body, target_url
 
 KEY = "provider-own-key-123"
 MODELS = (("claude-opus-*", "glm-4.6"), ("gemini-2.5-pro", "gemini-2.5-flash"))
@@ -160,21 +160,3 @@ def test_mapped_body_with_escaped_lone_surrogate() -> None:
     out = mapped_body(prov(), raw, {})
     assert out is not None
     assert json.loads(out) == {**json.loads(raw), "model": "glm-4.6"}
-
-
-@pytest.mark.parametrize(
-    ("body", "expected"),
-    [
-        (json.dumps(BODY).encode(), "claude-opus-4-1"),
-        (b'{"model" : "gpt-5"}', "gpt-5"),
-        (b'{"model": 5}', None),
-        (b'{"messages": []}', None),
-        (b'["model"]', None),
-        (b'{"model": "x"', None),
-        (b"", None),
-        (None, None),
-        (b"\xff\"model\"", None),
-    ],
-)
-def test_requested_model(body: bytes | None, expected: str | None) -> None:
-    assert requested_model(body) == expected
