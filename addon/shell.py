@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
@@ -50,8 +51,22 @@ from addon.transport import SYNTHETIC_HEADER, on_early_close
 
 logger = logging.getLogger("detour")
 
-#: Bound on the per-value caches of the request path (authorities, client addresses).
+#: Bound on the per-value caches of the request path (authorities, paths, client addresses).
 CACHE_LIMIT = 1024
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+def memoized(cache: dict[K, V], key: K, compute: Callable[[], V]) -> V:
+    """`cache[key]`, computed on first use; the cache is emptied when it reaches CACHE_LIMIT."""
+    try:
+        return cache[key]
+    except KeyError:
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        value = cache[key] = compute()
+        return value
 
 
 class Detour:
@@ -184,35 +199,25 @@ class Detour:
     def _app_for(self, flow: http.HTTPFlow) -> App | None:
         """The app of the host the client thinks it talks to (Host / :authority), cached per value."""
         assert self.core is not None
+        config = self.core.config
         authority = flow.request.authority or header(flow.request.headers, b"host") or ""
         if not authority:
-            return self.core.config.app_for_host(flow.request.pretty_host)
-        if authority not in self._apps_by_authority:
-            if len(self._apps_by_authority) >= CACHE_LIMIT:
-                self._apps_by_authority.clear()
+            return config.app_for_host(flow.request.pretty_host)
+
+        def lookup() -> App | None:
             host = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
-            self._apps_by_authority[authority] = self.core.config.app_for_host(host.strip("[]"))
-        return self._apps_by_authority[authority]
+            return config.app_for_host(host.strip("[]"))
+
+        return memoized(self._apps_by_authority, authority, lookup)
 
     def _routes_path(self, app: App, path: str) -> bool:
         """`app.routes_path`, cached: the glob match would otherwise run on every request."""
-        key = (app.name, path)
-        routed = self._routed_paths.get(key)
-        if routed is None:
-            if len(self._routed_paths) >= CACHE_LIMIT:
-                self._routed_paths.clear()
-            routed = self._routed_paths[key] = app.routes_path(path)
-        return routed
+        return memoized(self._routed_paths, (app.name, path), lambda: app.routes_path(path))
 
     def _client_allowed(self, peer: str | None) -> bool:
         if peer is None:
             return False
-        allowed = self._allowed_peers.get(peer)
-        if allowed is None:
-            if len(self._allowed_peers) >= CACHE_LIMIT:
-                self._allowed_peers.clear()
-            allowed = self._allowed_peers[peer] = client_allowed(peer, self.allowed_clients)
-        return allowed
+        return memoized(self._allowed_peers, peer, lambda: client_allowed(peer, self.allowed_clients))
 
     # --- hooks ------------------------------------------------------------------------------
 
@@ -374,7 +379,7 @@ class Detour:
             r.flow is not None and r.flow.client_conn.id == data.client.id for r in self.routes.values()
         ):
             server = data.server
-            on_early_close(server, lambda: awaiting_headers_on(self.routes, server))
+            on_early_close(data.client.id, server, lambda: awaiting_headers_on(self.routes, server))
 
     async def _sweep_deadlines(self) -> None:
         while True:

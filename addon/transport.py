@@ -30,13 +30,18 @@ def synthetic_response(kind: str) -> bytes:
     ).encode()
 
 
-def _server_io(flow: http.HTTPFlow) -> Any | None:
+def _connection_io(client_id: str, server: Any) -> Any | None:
+    """The reader/writer/task mitmproxy keeps for `server` under the client connection `client_id`."""
     proxyserver = ctx.master.addons.get("proxyserver")
     connections = getattr(proxyserver, "connections", None) or {}
-    handler = connections.get(flow.client_conn.id)
-    if handler is None or flow.server_conn is None:
+    handler = connections.get(client_id)
+    if handler is None or server is None:
         return None
-    return handler.transports.get(flow.server_conn)
+    return handler.transports.get(server)
+
+
+def _server_io(flow: http.HTTPFlow) -> Any | None:
+    return _connection_io(flow.client_conn.id, flow.server_conn)
 
 
 def inject_timeout_response(flow: http.HTTPFlow, kind: str) -> bool:
@@ -62,19 +67,13 @@ def cut_upstream(flow: http.HTTPFlow) -> bool:
     return True
 
 
-def on_early_close(server: Any, pending_kind: Callable[[], str | None]) -> bool:
+def on_early_close(client_id: str, server: Any, pending_kind: Callable[[], str | None]) -> bool:
     """When `server` closes or resets while a routed request still awaits its headers, make it "answer"
     a synthetic 504 instead, so the flow fails over rather than ending in mitmproxy's 502 page.
 
     `pending_kind` says, at that moment, whether such a request exists (and why it failed).
     """
-    proxyserver = ctx.master.addons.get("proxyserver")
-    for handler in (getattr(proxyserver, "connections", None) or {}).values():
-        io = handler.transports.get(server)
-        if io is not None:
-            break
-    else:
-        return False
+    io = _connection_io(client_id, server)
     reader = getattr(io, "reader", None)
     if reader is None or not hasattr(reader, "feed_eof") or not hasattr(reader, "set_exception"):
         return False
