@@ -8,6 +8,8 @@ from mitmproxy import http
 
 PROVIDER_HEADER = "x-detour-provider"
 ATTEMPTS_HEADER = "x-detour-attempts"
+_PROVIDER_KEY = PROVIDER_HEADER.encode()
+_ATTEMPTS_KEY = ATTEMPTS_HEADER.encode()
 MARK_FAILED_OVER = ":arrows_counterclockwise:"
 MARK_ALL_FAILED = ":x:"
 
@@ -32,9 +34,9 @@ def set_client_headers(
     """`x-detour-provider` / `x-detour-attempts`: the client sees who answered and who failed."""
     added: tuple[tuple[bytes, bytes], ...] = ()
     if served_by is not None:
-        added += ((PROVIDER_HEADER.encode(), served_by.encode()),)
+        added += ((_PROVIDER_KEY, served_by.encode()),)
     if failed:
-        added += ((ATTEMPTS_HEADER.encode(), _header_safe(attempts_text(failed)).encode()),)
+        added += ((_ATTEMPTS_KEY, _header_safe(attempts_text(failed)).encode()),)
     # Appended as raw fields: the Mapping setter costs more than the rest of a request's bookkeeping.
     response.headers.fields += added
 

@@ -8,8 +8,10 @@ half-open, probe admission, backoff, stale results) is testable as a table under
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from addon.classify import Outcome
 from addon.model import BreakerPolicy
@@ -26,8 +28,9 @@ class State(enum.Enum):
     HALF_OPEN = "half_open"
 
 
-@dataclass(frozen=True)
-class Bucket:
+class Bucket(NamedTuple):
+    """One slice of the error-rate window; a NamedTuple, since every request replaces one."""
+
     start: float
     total: int
     failures: int
@@ -88,10 +91,16 @@ def admitted(s: BreakerState, policy: BreakerPolicy, now: float) -> tuple[Breake
     """Admit a call if the circuit allows one, taking a probe slot when half-open."""
     s = refreshed(s, now)
     if s.state is State.CLOSED:
-        return s, Permit(s.generation, probe=False)
+        return s, _plain_permit(s.generation)
     if s.state is State.HALF_OPEN and s.probes_in_flight < policy.half_open_probes:
         return replace(s, probes_in_flight=s.probes_in_flight + 1), Permit(s.generation, probe=True)
     return s, None
+
+
+@functools.lru_cache(maxsize=16)
+def _plain_permit(generation: int) -> Permit:
+    """Permits are immutable, so the closed circuit's permit of a generation is built once."""
+    return Permit(generation, probe=False)
 
 
 def forced(s: BreakerState, now: float) -> tuple[BreakerState, Permit]:

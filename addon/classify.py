@@ -7,6 +7,7 @@ read, and the shell never has to decide on its own what "failed" means.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,13 +68,19 @@ def classify_status(
 ) -> Verdict:
     """Classify an HTTP response by its status; Retry-After is read only where it means overload."""
     if policy.is_client_error(status):
-        return Verdict(Outcome.CLIENT_ERROR, f"http {status}", status)
+        return _status_verdict(Outcome.CLIENT_ERROR, status)
     if policy.is_failover(status):
         retry_after = parse_retry_after(headers, now) if status in RETRY_AFTER_STATUSES else None
         return Verdict(Outcome.PROVIDER_FAILURE, f"http {status}", status, retry_after)
     if 400 <= status <= 499:
-        return Verdict(Outcome.CLIENT_ERROR, f"http {status}", status)
-    return Verdict(Outcome.SUCCESS, f"http {status}", status)
+        return _status_verdict(Outcome.CLIENT_ERROR, status)
+    return _status_verdict(Outcome.SUCCESS, status)
+
+
+@functools.lru_cache(maxsize=256)
+def _status_verdict(outcome: Outcome, status: int) -> Verdict:
+    """Verdicts are immutable and, without Retry-After, depend on the status alone: built once each."""
+    return Verdict(outcome, f"http {status}", status)
 
 
 _ERROR_OUTCOMES = {

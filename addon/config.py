@@ -459,6 +459,8 @@ def _check_url(at: _At, url: str, raw: str) -> str:
         raise at.error("must not contain user:password@ credentials, use api_key")
     if "?" in url or "#" in url:
         raise at.error(f"must not have a query string or fragment, got {_show(raw)}")
+    if not url.isascii():
+        raise at.error(f"must be ASCII (write a host name in its xn-- form), got {_show(raw)}")
     return url.rstrip("/")
 
 

@@ -8,7 +8,6 @@ directly in tests with a fake clock and a real SQLite file.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from addon.breaker import Clock, Permit, State, Transition
 from addon.classify import Outcome, Verdict
@@ -22,17 +21,6 @@ logger = logging.getLogger("detour")
 #: A provider that succeeded this recently is "warm": Detour trusts that it still accepts connections
 #: and skips the connect probe that protects against dead hosts.
 WARM_FOR = 30.0
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    """One attempt as the shell reports it, ready to be recorded."""
-
-    app: str
-    provider: str
-    permit: Permit
-    verdict: Verdict
-    latency_ms: float
 
 
 class Core:
@@ -98,28 +86,36 @@ class Core:
         last = self._last_success.get((app, provider))
         return last is not None and self.clock() - last < WARM_FOR
 
-    def record(self, result: AttemptResult, status: int | None = None) -> Transition | None:
-        """Feed one attempt to its breaker, the attempt log and, on success, the switch manager."""
-        key = (result.app, result.provider)
-        verdict = result.verdict
-        if verdict.outcome is Outcome.SUCCESS:
-            self._last_success[key] = self.clock()
-        elif verdict.outcome in (Outcome.CONNECT_FAILURE, Outcome.TIMEOUT):
-            self._last_success.pop(key, None)
-        transition = self.router.record_result(result.app, result.provider, result.permit, verdict)
+    def record(
+        self,
+        app: str,
+        provider: str,
+        permit: Permit,
+        verdict: Verdict,
+        latency_ms: float,
+        status: int | None = None,
+    ) -> Transition | None:
+        """Feed one attempt to its breaker and the attempt log; `status` overrides the verdict's."""
+        now = self.clock()
+        outcome = verdict.outcome
+        if outcome is Outcome.SUCCESS:
+            self._last_success[(app, provider)] = now
+        elif outcome is Outcome.CONNECT_FAILURE or outcome is Outcome.TIMEOUT:
+            self._last_success.pop((app, provider), None)
+        transition = self.router.record_result(app, provider, permit, verdict)
         self.store.log_attempt(
             AttemptRecord(
-                at=self.clock(),
-                app=result.app,
-                provider=result.provider,
-                status=status if status is not None else verdict.status,
-                outcome=verdict.outcome.value,
-                latency_ms=round(result.latency_ms, 2),
-                error="" if verdict.outcome is Outcome.SUCCESS else verdict.reason,
+                now,
+                app,
+                provider,
+                status if status is not None else verdict.status,
+                outcome.value,
+                round(latency_ms, 2),
+                "" if outcome is Outcome.SUCCESS else verdict.reason,
             )
         )
         if transition is not None:
-            self._persist_breaker(result.app, result.provider, transition)
+            self._persist_breaker(app, provider, transition)
         return transition
 
     def release(self, app: str, provider: str, permit: Permit) -> None:

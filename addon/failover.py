@@ -10,18 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from mitmproxy import http
 
 from addon.annotate import FailedAttempt, annotate_flow, set_client_headers
 from addon.breaker import Permit
 from addon.classify import ErrorKind, Outcome, Verdict, classify_error, classify_status
-from addon.core import AttemptResult, Core
+from addon.core import Core
 from addon.dispatch import AttemptEnd, Dispatcher
 from addon.errors import error_body
 from addon.model import App, Provider
-from addon.rewrite import credential_headers, header_plan, mapped_body, target_url
+from addon.retarget import point_at, target
+from addon.rewrite import credential_headers, header_plan, mapped_body, target_path
 from addon.sse import StreamTee
 
 STREAMING_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl")
@@ -65,8 +66,7 @@ def is_streaming(response: http.Response) -> bool:
     return any(t in content_type for t in STREAMING_TYPES)
 
 
-@dataclass(frozen=True)
-class OriginalRequest:
+class OriginalRequest(NamedTuple):
     """What the client sent, kept without copying: header fields and body are immutable values."""
 
     path: str
@@ -95,7 +95,7 @@ def apply_provider(request: http.Request, original: OriginalRequest, provider: P
         request.headers.pop(name, None)
     for name, value in add.items():
         request.headers[name] = value
-    request.url = target_url(provider, original.path)
+    point_at(request, provider.base_url, target_path(provider, original.path))
     body = mapped_body(provider, original.raw_content or b"", original.headers) if provider.models else None
     if body is not None:
         request.content = body
@@ -189,8 +189,8 @@ class FailoverEngine:
     async def reachable(self, route: Route, provider: Provider, permit: Permit) -> bool:
         """TCP-probe `provider`; a failure is recorded against it (and consumes the permit)."""
         started = self.core.clock()
-        host, port = _address(provider)
-        problem = await tcp_reachable(host, port, route.app.timeouts.connect)
+        address = target(provider.base_url)
+        problem = await tcp_reachable(address.host, address.port, route.app.timeouts.connect)
         if problem is None:
             return True
         kind = ErrorKind.TIMEOUT_CONNECT if problem.startswith("no connection") else ErrorKind.CONNECT
@@ -207,7 +207,7 @@ class FailoverEngine:
         status: int | None = None,
     ) -> None:
         latency = (self.core.clock() - started) * 1000
-        self.core.record(AttemptResult(route.app.name, provider.id, permit, verdict, latency), status)
+        self.core.record(route.app.name, provider.id, permit, verdict, latency, status)
         if verdict.fails_over:
             route.failed.append(FailedAttempt(provider.id, self.core.redact(verdict.reason)))
 
@@ -312,8 +312,3 @@ def _deliverable(end: AttemptEnd) -> http.Response:
         response.stream = False
         response.raw_content = end.tee.body
     return response
-
-
-def _address(provider: Provider) -> tuple[str, int]:
-    request = http.Request.make("GET", provider.base_url)
-    return request.host, request.port

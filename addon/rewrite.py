@@ -24,11 +24,16 @@ _GEMINI_MODEL = re.compile(r"^(?P<prefix>.*/models/)(?P<model>[^/:]+)(?P<rest>:.
 
 def target_url(provider: Provider, path: str) -> str:
     """The provider's URL for a client path: `base_url` + original path and query."""
+    return provider.base_url + target_path(provider, path)
+
+
+def target_path(provider: Provider, path: str) -> str:
+    """The client's path and query as `provider` gets them, after its `base_url`."""
     if provider.owns_credentials:
         path = strip_credential_params(path)
     if provider.models:
         path = map_path_model(provider, path)
-    return provider.base_url + path
+    return path
 
 
 def strip_credential_params(path: str) -> str:

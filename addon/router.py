@@ -35,6 +35,8 @@ class Router:
     ) -> None:
         self._clock = clock
         self._breakers: dict[BreakerKey, CircuitBreaker] = {}
+        #: Each app's queue with its breakers, in priority order: what every request walks.
+        self._queues: dict[str, tuple[tuple[Provider, CircuitBreaker], ...]] = {}
         self.config = config
         self._apply(config, snapshots or {})
 
@@ -59,6 +61,10 @@ class Router:
                 existing.policy = provider.breaker
             else:
                 self._breakers[key] = CircuitBreaker(provider.breaker, self._clock, snapshots.get(key))
+        self._queues = {
+            app.name: tuple((p, self._breakers[(app.name, p.id)]) for p in app.providers)
+            for app in config.apps
+        }
         return dropped
 
     def breaker(self, app: str, provider: str) -> CircuitBreaker:
@@ -76,8 +82,10 @@ class Router:
         When every circuit is open the provider whose open period ends first is still returned, so a
         request is tried rather than refused without trying.
         """
-        queue = self._app(app).providers
-        available = [p for p in queue if self._breakers[(app, p.id)].admits()]
+        queue = self._queues.get(app)
+        if queue is None:
+            raise KeyError(f"unknown app {app!r}")
+        available = [p for p, breaker in queue if breaker.admits()]
         if available:
             return available
         fallback = self._soonest_open(app)

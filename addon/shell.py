@@ -11,9 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
@@ -44,30 +43,13 @@ from addon.failover import (
     is_streaming,
     redact_sent_credentials,
 )
+from addon.memo import memoized
 from addon.model import App, Config, Provider
 from addon.sse import StreamTee
 from addon.store import StateStore
-from addon.transport import SYNTHETIC_HEADER, on_early_close
+from addon.transport import SYNTHETIC_KEY, SYNTHETIC_STATUS, on_early_close
 
 logger = logging.getLogger("detour")
-
-#: Bound on the per-value caches of the request path (authorities, paths, client addresses).
-CACHE_LIMIT = 1024
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-def memoized(cache: dict[K, V], key: K, compute: Callable[[], V]) -> V:
-    """`cache[key]`, computed on first use; the cache is emptied when it reaches CACHE_LIMIT."""
-    try:
-        return cache[key]
-    except KeyError:
-        if len(cache) >= CACHE_LIMIT:
-            cache.clear()
-        value = cache[key] = compute()
-        return value
-
 
 class Detour:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
@@ -286,7 +268,9 @@ class Detour:
             return
         route.headers_at = self.clock()
         redact_sent_credentials(flow.request, route.provider)
-        kind = header(flow.response.headers, SYNTHETIC_HEADER.encode())
+        # Only Detour's own stand-in status can carry the marker; other answers skip the header scan.
+        synthetic_status = flow.response.status_code == SYNTHETIC_STATUS
+        kind = header(flow.response.headers, SYNTHETIC_KEY) if synthetic_status else None
         route.synthetic = kind is not None
         if kind == "closed":
             route.verdict = classify_error(ErrorKind.RESET, "connection closed before the response")

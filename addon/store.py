@@ -24,6 +24,7 @@ import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from addon.breaker import BreakerSnapshot, State
 
@@ -124,8 +125,9 @@ def redact(text: str, secrets: Collection[str]) -> str:
 # --- public values ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AttemptRecord:
+class AttemptRecord(NamedTuple):
+    """One attempt as logged. A NamedTuple: one is built for every request, and it is queued as is."""
+
     at: float
     app: str
     provider: str
@@ -154,11 +156,6 @@ class _Write:
 
 
 @dataclass(frozen=True)
-class _Attempt:
-    rec: AttemptRecord
-
-
-@dataclass(frozen=True)
 class _Flush:
     done: threading.Event
 
@@ -168,7 +165,7 @@ class _Stop:
     pass
 
 
-_Item = _Write | _Attempt | _Flush | _Stop
+_Item = _Write | AttemptRecord | _Flush | _Stop
 
 
 class _Unusable(Exception):
@@ -298,7 +295,7 @@ class StateStore:
 
     def log_attempt(self, rec: AttemptRecord) -> None:
         # Redaction happens on the writer thread, keeping the event loop's share to one put.
-        self._put(_Attempt(rec))
+        self._put(rec)
 
     def set_secrets(self, secrets: Collection[str]) -> None:
         self._secrets = tuple(secrets)
@@ -506,7 +503,7 @@ class StateStore:
                     except queue.Empty:
                         break
                 try:
-                    self._apply([i for i in batch if isinstance(i, _Write | _Attempt)])
+                    self._apply([i for i in batch if isinstance(i, _Write | AttemptRecord)])
                 except Exception as exc:  # pragma: no cover - _apply handles sqlite errors itself
                     self._failed(exc)
                 for item in batch:
@@ -521,7 +518,7 @@ class StateStore:
                         self._conn.close()
                     self._conn = None
 
-    def _apply(self, ops: list[_Write | _Attempt]) -> None:
+    def _apply(self, ops: list[_Write | AttemptRecord]) -> None:
         if not ops:
             return
         for attempt in range(1, BUSY_ATTEMPTS + 1):
@@ -542,7 +539,7 @@ class StateStore:
                 self._write_failure = None
             return
 
-    def _execute(self, conn: sqlite3.Connection, ops: list[_Write | _Attempt]) -> None:
+    def _execute(self, conn: sqlite3.Connection, ops: list[_Write | AttemptRecord]) -> None:
         secrets = self._secrets
         attempts = False
         for op in ops:
@@ -550,10 +547,9 @@ class StateStore:
                 sql, params = op.sql, op.params
             else:
                 attempts = True
-                r = op.rec
-                error = redact(str(r.error), secrets)[:MAX_ERROR_CHARS] if r.error else ""
+                error = redact(str(op.error), secrets)[:MAX_ERROR_CHARS] if op.error else ""
                 sql = _LOG_ATTEMPT
-                params = (r.at, r.app, r.provider, r.status, r.outcome, r.latency_ms, error)
+                params = (op.at, op.app, op.provider, op.status, op.outcome, op.latency_ms, error)
             try:
                 conn.execute(sql, params)
             except (sqlite3.InterfaceError, sqlite3.ProgrammingError) as exc:

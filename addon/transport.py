@@ -18,11 +18,13 @@ logger = logging.getLogger("detour")
 #: What a timed-out provider "answers": a real HTTP/1.1 response fed into mitmproxy's own parser, so the
 #: flow continues through `responseheaders`/`response`, where Detour fails over transparently.
 SYNTHETIC_HEADER = "x-detour-synthetic"
+SYNTHETIC_KEY = SYNTHETIC_HEADER.encode()
+SYNTHETIC_STATUS = 504
 
 
 def synthetic_response(kind: str) -> bytes:
     return (
-        "HTTP/1.1 504 Detour Timeout\r\n"
+        f"HTTP/1.1 {SYNTHETIC_STATUS} Detour Timeout\r\n"
         f"{SYNTHETIC_HEADER}: {kind}\r\n"
         "content-type: text/plain\r\n"
         "content-length: 0\r\n"

@@ -667,7 +667,7 @@ class Bench:
     def decision(self) -> None:
         from addon.breaker import State
         from addon.classify import Outcome, Verdict
-        from addon.core import AttemptResult, Core
+        from addon.core import Core
         from addon.model import App, Config, Provider
         from addon.router import Router
         from addon.store import StateStore
@@ -717,7 +717,7 @@ class Bench:
                     p = core.candidates(app)[0]
                     permit = core.acquire("claude", p.id)
                     assert permit is not None
-                    core.record(AttemptResult("claude", p.id, permit, ok, 1.0), 200)
+                    core.record("claude", p.id, permit, ok, 1.0, 200)
                     core.served("claude", p.id, "recovered")
             timed("Core: candidates+acquire+record+served (incl. attempt-log enqueue)", core_run, reps=3)
         finally:

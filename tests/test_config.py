@@ -343,6 +343,8 @@ ERRORS = [
      f"{P1}.base_url: must be an http:// or https:// URL, got 'https://x:99999'"),
     (backup(base_url="https://x/?a=1"),
      f"{P1}.base_url: must not have a query string or fragment, got 'https://x/?a=1'"),
+    (backup(base_url="https://bücher.example"),
+     f"{P1}.base_url: must be ASCII (write a host name in its xn-- form), got 'https://bücher.example'"),
     (backup(base_url="https://u:p@x"),
      f"{P1}.base_url: must not contain user:password@ credentials, use api_key"),
     (claude(hosts=["https://api.anthropic.com"]),

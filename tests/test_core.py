@@ -12,7 +12,7 @@ from fakeclock import FakeClock
 
 from addon.breaker import State
 from addon.classify import Outcome, Verdict
-from addon.core import WARM_FOR, AttemptResult, Core
+from addon.core import WARM_FOR, Core
 from addon.model import App, BreakerPolicy, Config, Provider
 from addon.store import StateStore
 
@@ -67,7 +67,7 @@ def core(db: Path, clock: FakeClock) -> Iterator[Core]:
 def attempt(core: Core, provider: str, verdict: Verdict, app: str = "claude"):
     permit = core.acquire(app, provider)
     assert permit is not None
-    return core.record(AttemptResult(app, provider, permit, verdict, 12.345))
+    return core.record(app, provider, permit, verdict, 12.345)
 
 
 def trip(core: Core, provider: str) -> None:
@@ -256,7 +256,7 @@ def test_explicit_status_overrides_verdict_status(core: Core) -> None:
     permit = core.acquire("claude", "primary")
     assert permit is not None
     timeout = Verdict(Outcome.TIMEOUT, "timeout_idle")
-    core.record(AttemptResult("claude", "primary", permit, timeout, 1.0), 200)
+    core.record("claude", "primary", permit, timeout, 1.0, 200)
     assert core.store.flush()
     (rec,) = core.store.recent_attempts(1)
     assert (rec.status, rec.outcome, rec.error) == (200, "timeout", "timeout_idle")
