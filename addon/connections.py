@@ -17,8 +17,10 @@ from addon.failover import FailoverEngine, Route, apply_provider
 from addon.model import Config
 from addon.transport import cut_upstream, inject_timeout_response
 
-#: The deadline sweeper never wakes more often than this.
-MIN_SWEEP_INTERVAL = 0.005
+#: asyncio's timed waits wake up to this late (epoll rounds its timeout up to whole milliseconds), and
+#: every late millisecond adds to a timed-out attempt's failover. The sweeper therefore sleeps this much
+#: less than the next deadline and, once a deadline is this close, only yields to the loop until it is due.
+TIMER_SLACK = 0.001
 
 
 def route_connecting(routes: Mapping[str, Route], data: ServerConnectionHookData) -> Route | None:
@@ -77,6 +79,11 @@ def awaiting_headers_on(routes: Mapping[str, Route], server: Server) -> str | No
 def shortest_timeout(config: Config) -> float:
     """No route can fall due sooner than this after it starts or sees data."""
     return min(min(a.timeouts.connect + a.timeouts.first_byte, a.timeouts.idle) for a in config.apps)
+
+
+def sweep_pause(due_in: float) -> float:
+    """How long the sweeper sleeps before its next sweep, for a next deadline `due_in` seconds away."""
+    return due_in - TIMER_SLACK if due_in > TIMER_SLACK else 0.0
 
 
 def check_deadlines(routes: Mapping[str, Route], now: float, shortest: float) -> float:

@@ -30,6 +30,8 @@ class AttemptWatch:
     tee: StreamTee | None = None
     #: Whose key the attempt carries, so the hooks can mask it once the request has left.
     provider: Provider | None = None
+    #: The attempt's `response` hook ran: its answer is complete, whatever mitmproxy still tidies up.
+    answered: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Dispatcher:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self.watches: dict[str, AttemptWatch] = {}
+        #: Replays whose answer is in but which mitmproxy is still closing: the loop holds tasks weakly.
+        self._closing: set[asyncio.Future[None]] = set()
 
     def watch_for(self, flow: http.HTTPFlow) -> AttemptWatch | None:
         return self.watches.get(flow.id)
@@ -64,6 +68,9 @@ class Dispatcher:
         if timed_out is not None:
             await _abort(handler, task)
             return AttemptEnd(None, timed_out, tee=watch.tee)
+        if not task.done():
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         if flow.response is not None and flow.error is None:
             return AttemptEnd(flow.response, tee=watch.tee)
         detail = flow.error.msg if flow.error else "no response"
@@ -75,7 +82,7 @@ class Dispatcher:
     ) -> ErrorKind | None:
         first_byte_deadline = self._clock() + timeouts.connect + timeouts.first_byte
         # Bounded: each pass either ends the attempt or waits at most one timeout period.
-        while not task.done():
+        while not task.done() and not watch.answered:
             if watch.headers_at is None:
                 deadline, kind = first_byte_deadline, ErrorKind.TIMEOUT_FIRST_BYTE
             else:
@@ -85,7 +92,7 @@ class Dispatcher:
             if remaining <= 0:
                 return kind
             watch.changed.clear()
-            if task.done():
+            if task.done() or watch.answered:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(watch.changed.wait(), remaining)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from mitmproxy import http
+from mitmproxy import connection, http
 
 from addon.annotate import FailedAttempt, annotate_flow, set_client_headers
 from addon.breaker import Permit
@@ -257,12 +258,8 @@ class FailoverEngine:
         self, flow: http.HTTPFlow, route: Route, provider: Provider, permit: Permit
     ) -> tuple[AttemptEnd, Verdict]:
         assert route.original is not None
-        attempt = flow.copy()
-        attempt.response = None
-        attempt.error = None
-        attempt.metadata = {ATTEMPT_KEY: flow.id}
+        attempt = attempt_flow(flow)
         attempt.comment = f"detour attempt on {provider.id} for {route.app.name}"
-        attempt.is_replay = "request"
         apply_provider(attempt.request, route.original, provider)
         started = self.core.clock()
         try:
@@ -303,6 +300,25 @@ class FailoverEngine:
         if served_by is not None and route.final is not None and route.final.outcome is Outcome.SUCCESS:
             reason = "; ".join(f"{a.provider}: {a.reason}" for a in route.failed) or "recovered"
             self.core.served(route.app.name, served_by.id, reason)
+
+
+def attempt_flow(flow: http.HTTPFlow) -> http.HTTPFlow:
+    """A new flow for one failover attempt, carrying the client's request line, trailers and client.
+
+    Built, not copied: `flow.copy()` round-trips the whole flow through its serialised state (about
+    0.2 ms, on the failover path the client is waiting on). `apply_provider` then supplies the
+    client's original headers and body for the provider.
+    """
+    request = flow.request
+    data = request.data
+    attempt = http.HTTPFlow(flow.client_conn, connection.Server(address=None))
+    attempt.request = http.Request(
+        data.host, data.port, data.method, data.scheme, data.authority, data.path, data.http_version,
+        http.Headers(), None, request.trailers.copy() if request.trailers else None, time.time(), None,
+    )
+    attempt.metadata[ATTEMPT_KEY] = flow.id
+    attempt.is_replay = "request"
+    return attempt
 
 
 def _deliverable(end: AttemptEnd) -> http.Response:

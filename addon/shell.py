@@ -24,12 +24,12 @@ from addon.breaker import Permit
 from addon.classify import ErrorKind, classify_error, classify_status
 from addon.config import load_config
 from addon.connections import (
-    MIN_SWEEP_INTERVAL,
     awaiting_headers_on,
     check_deadlines,
     reroute_if_unreachable,
     route_connecting,
     shortest_timeout,
+    sweep_pause,
 )
 from addon.core import Core
 from addon.dispatch import Dispatcher
@@ -274,14 +274,13 @@ class Detour:
         route.synthetic = kind is not None
         if kind == "closed":
             route.verdict = classify_error(ErrorKind.RESET, "connection closed before the response")
-            return
-        if kind is not None:
+        elif kind is not None:
             timeout = route.app.timeouts.connect + route.app.timeouts.first_byte
             route.verdict = classify_error(ErrorKind.TIMEOUT_FIRST_BYTE, f"no response within {timeout:g}s")
-            return
-        route.verdict = classify_status(
-            flow.response.status_code, flow.response.headers, route.app.statuses, self.clock()
-        )
+        else:
+            route.verdict = classify_status(
+                flow.response.status_code, flow.response.headers, route.app.statuses, self.clock()
+            )
         if route.verdict.fails_over:
             # Held back: the response hook fails over before the client sees anything. Its body must
             # still arrive within `idle`, or the sweeper cuts the attempt.
@@ -296,6 +295,7 @@ class Detour:
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         watch = self.dispatcher.watch_for(flow)
         if watch is not None:
+            watch.answered = True
             watch.changed.set()
             return None
         route = self.routes.pop(flow.id, None)
@@ -367,8 +367,13 @@ class Detour:
 
     async def _sweep_deadlines(self) -> None:
         while True:
-            due_in = check_deadlines(self.routes, self.clock(), self._shortest_timeout)
-            await asyncio.sleep(max(MIN_SWEEP_INTERVAL, due_in))
+            try:
+                due_in = check_deadlines(self.routes, self.clock(), self._shortest_timeout)
+            except Exception:
+                # Every timeout depends on this loop: a bug in one sweep must not end the sweeping.
+                logger.exception("detour: deadline sweep failed")
+                due_in = self._shortest_timeout
+            await asyncio.sleep(sweep_pause(due_in))
 
     def _refuse_untried(self, flow: http.HTTPFlow, route: Route) -> None:
         assert self.engine is not None and self.core is not None

@@ -22,6 +22,8 @@ from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 from mockprovider import MockProvider
 
+import addon.shell as shell_module
+from addon.connections import TIMER_SLACK, sweep_pause
 from addon.shell import Detour
 
 BACKUP_VAR = "DETOUR_SHELL_TEST_BACKUP_KEY"
@@ -263,6 +265,41 @@ async def test_running_switches_to_lazy_connections_and_watches_the_config(shell
     while shell.candidates() != ["backup", "primary"]:
         assert time.monotonic() < deadline, "config change not picked up"
         await asyncio.sleep(0.05)
+
+
+async def test_a_failing_sweep_does_not_stop_the_deadline_sweeper(
+    shell: Shell, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sweeps: list[float] = []
+
+    def flaky_sweep(routes: object, now: float, shortest: float) -> float:
+        sweeps.append(now)
+        if len(sweeps) == 1:
+            raise RuntimeError("sweep bug")
+        return 0.01
+
+    monkeypatch.setattr(shell_module, "check_deadlines", flaky_sweep)
+    shell.tctx.options.add_option("connection_strategy", str, "lazy", "")  # proxyserver's option
+    shell.addon._shortest_timeout = 0.01
+    shell.addon.running()
+    deadline = time.monotonic() + 5.0
+    while len(sweeps) < 3:
+        assert time.monotonic() < deadline, f"the sweeper stopped after {len(sweeps)} sweeps"
+        await asyncio.sleep(0.01)
+    assert "deadline sweep failed" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("due_in", "pause"),
+    [
+        (60.0, 60.0 - TIMER_SLACK),  # woken a timer's slack early, so not late
+        (0.0015, 0.0015 - TIMER_SLACK),
+        (TIMER_SLACK, 0.0),  # within the slack: yield to the loop and check again
+        (0.0002, 0.0),
+    ],
+)
+def test_sweep_pause(due_in: float, pause: float) -> None:
+    assert sweep_pause(due_in) == pytest.approx(pause)
 
 
 # --- requestheaders / request: what is routed ------------------------------------------------------
