@@ -132,9 +132,9 @@ def recorded(
 ) -> tuple[BreakerState, Transition | None]:
     """The state after one admitted call ended with `outcome`."""
     s = released(refreshed(s, now), permit)
-    if not outcome.counts_as_failure and outcome is not Outcome.SUCCESS:
-        return s, None
     failed = outcome.counts_as_failure
+    if not failed and outcome is not Outcome.SUCCESS:
+        return s, None
     if permit.generation != s.generation:
         # Admitted before the circuit last opened: it says nothing about the provider now, except
         # that an overloaded provider asked for a pause.

@@ -541,22 +541,42 @@ class StateStore:
 
     def _execute(self, conn: sqlite3.Connection, ops: list[_Write | AttemptRecord]) -> None:
         secrets = self._secrets
-        attempts = False
+        rows: list[tuple[object, ...]] = []  # attempt rows not yet inserted, in order
+        logged = False
         for op in ops:
             if isinstance(op, _Write):
-                sql, params = op.sql, op.params
-            else:
-                attempts = True
-                error = redact(str(op.error), secrets)[:MAX_ERROR_CHARS] if op.error else ""
-                sql = _LOG_ATTEMPT
-                params = (op.at, op.app, op.provider, op.status, op.outcome, op.latency_ms, error)
-            try:
-                conn.execute(sql, params)
-            except (sqlite3.InterfaceError, sqlite3.ProgrammingError) as exc:
-                # A value sqlite cannot bind: drop this one item, not the whole batch.
-                log.warning("dropped a state update with a bad value: %s", exc)
-        if attempts:
+                self._insert_attempts(conn, rows)
+                self._run_one(conn, op.sql, op.params)
+                continue
+            error = redact(str(op.error), secrets)[:MAX_ERROR_CHARS] if op.error else ""
+            rows.append((op.at, op.app, op.provider, op.status, op.outcome, op.latency_ms, error))
+            logged = True
+        self._insert_attempts(conn, rows)
+        if logged:
             conn.execute(_PRUNE, (self._attempt_limit,))
+
+    def _insert_attempts(self, conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+        """One `executemany` for a run of attempt rows: the per-row cost falls to a few µs."""
+        if not rows:
+            return
+        conn.execute("SAVEPOINT attempts")
+        try:
+            conn.executemany(_LOG_ATTEMPT, rows)
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError):
+            # Undo the rows before the bad one, then find and drop only that one.
+            conn.execute("ROLLBACK TO attempts")
+            for row in rows:
+                self._run_one(conn, _LOG_ATTEMPT, row)
+        conn.execute("RELEASE attempts")
+        rows.clear()
+
+    @staticmethod
+    def _run_one(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> None:
+        try:
+            conn.execute(sql, params)
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError) as exc:
+            # A value sqlite cannot bind: drop this one item, not the whole batch.
+            log.warning("dropped a state update with a bad value: %s", exc)
 
     def _failed(self, exc: BaseException) -> None:
         if self._write_failure is None:

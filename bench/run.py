@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -426,42 +427,48 @@ class Bench:
     # 1 ---------------------------------------------------------------------------------------
     def throughput(self) -> None:
         n = 300 if self.quick else 1000
-        rounds = 4 if self.quick else 8
+        rounds = 4 if self.quick else 12  # a multiple of 4: each process gets both orders equally
         mock = start_mock(self.procs, {"ok": "ok", "fail": "500", "b2": "ok", "b3": "ok"}, self.load_cpu)
         self.mock = mock
-        noop = start_proxy(self.procs, "b_noop", NOOP_SCRIPT, {"noop_target": mock.url("ok")},
-                           self.confdir, self.proxy_cpu)
-        control = start_proxy(self.procs, "b2_noop", NOOP_SCRIPT, {"noop_target": mock.url("ok")},
-                              self.confdir, self.proxy_cpu)
-        cfg_c = detour_config(self.workdir, "c_detour", [("primary", mock.url("ok"))])
-        det = start_proxy(self.procs, "c_detour", DETOUR_SCRIPT, {"detour_config": str(cfg_c)},
-                          self.confdir, self.proxy_cpu)
-        cfg_d = detour_config(self.workdir, "d_open", [("primary", mock.url("fail")),
-                                                       ("backup", mock.url("b2")), ("third", mock.url("b3"))])
-        opn = start_proxy(self.procs, "d_open", DETOUR_SCRIPT, {"detour_config": str(cfg_d)},
-                          self.confdir, self.proxy_cpu)
-        self.det = det
-        self.noop = noop
+
+        def twice(name: str, script: Path, sets: Callable[[str], dict[str, str]]) -> list[Proxy]:
+            """Two identical processes per target, used in alternate rounds: one process's luck (memory
+            layout, hash seed) then can't decide a ratio on its own."""
+            return [start_proxy(self.procs, f"{name}{i}", script, sets(f"{name}{i}"), self.confdir,
+                                self.proxy_cpu) for i in (1, 2)]
+
+        noops = twice("b_noop", NOOP_SCRIPT, lambda _: {"noop_target": mock.url("ok")})
+        controls = twice("b2_noop", NOOP_SCRIPT, lambda _: {"noop_target": mock.url("ok")})
+        dets = twice("c_detour", DETOUR_SCRIPT, lambda name: {"detour_config": str(
+            detour_config(self.workdir, name, [("primary", mock.url("ok"))]))})
+        opens = twice("d_open", DETOUR_SCRIPT, lambda name: {"detour_config": str(detour_config(
+            self.workdir, name, [("primary", mock.url("fail")), ("backup", mock.url("b2")),
+                                 ("third", mock.url("b3"))]))})
+        self.det = dets[0]
+        self.noop = noops[0]
         # (d): fail the primary until its circuit opens (threshold 3), then check it gets nothing more.
-        warm = load(opn.port, 1, 10)
+        warm = [load(opn.port, 1, 10) for opn in opens]
         before = mock_count(mock.ports["fail"])
-        targets = {"a direct": mock.ports["ok"], "b mitmdump+noop": noop.port,
-                   CONTROL: control.port,
-                   "c Detour 1 provider": det.port, "d Detour primary open": opn.port}
-        for port in targets.values():  # warm-up: connections, caches, first tcp probe
-            load(port, 10, 200)
+        targets = {"a direct": [mock.ports["ok"]] * 2, "b mitmdump+noop": [p.port for p in noops],
+                   CONTROL: [p.port for p in controls],
+                   "c Detour 1 provider": [p.port for p in dets],
+                   "d Detour primary open": [p.port for p in opens]}
+        for ports in targets.values():  # warm-up: connections, caches, first tcp probe
+            for port in ports:
+                load(port, 10, 200)
         results: dict[tuple[str, int], list[LoadResult]] = {}
         for r in range(rounds):
             for conns in (1, 10):
                 order = list(targets.items())
                 if r % 2:
                     order.reverse()
-                for name, port in order:
-                    res = load(port, conns, n)
+                for name, ports in order:
+                    res = load(ports[r // 2 % 2], conns, n)
                     results.setdefault((name, conns), []).append(res)
         primary_hits = mock_count(mock.ports["fail"]) - before
         self.emit(f"### 1. Throughput and latency ({n} requests per run, {rounds} interleaved rounds, "
-                  "closed loop, keep-alive)\n")
+                  "closed loop, keep-alive; two processes per proxied target, alternating every two "
+                  "rounds)\n")
         rows = []
         summary: dict[tuple[str, int], tuple[float, float, float]] = {}
         for (name, conns), runs in results.items():
@@ -509,9 +516,10 @@ class Bench:
         ok = all(float(r[1]) >= 0.95 for r in rows) and float(rows[0][3]) <= 0.5
         self.emit(f"Target c/b >= 0.95 (1 and 10 conns) and c-b p50 <= +0.5 ms (1 conn): "
                   f"**{'met' if ok else 'NOT met'}**. "
-                  f"(d) warm-up statuses {warm.statuses}; requests reaching the open primary during "
+                  f"(d) warm-up statuses {[w.statuses for w in warm]}; requests reaching the open primary "
+                  f"during "
                   f"the measured runs: **{primary_hits}**.\n")
-        self.stop_extra = [noop, control, opn]
+        self.stop_extra = [*noops[1:], *controls, *dets[1:], *opens]
 
     # 2 ---------------------------------------------------------------------------------------
     def failover(self) -> None:

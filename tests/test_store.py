@@ -117,6 +117,20 @@ def test_writes_queued_before_open_land_after_open(tmp_path: Path, stores: list[
     assert loaded.current == {"claude": "early"}
 
 
+def test_an_unbindable_attempt_is_dropped_and_the_rest_of_its_batch_kept(
+    tmp_path: Path, stores: list[StateStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    store, _ = open_store(stores, tmp_path / "detour.db")
+    store.log_attempt(rec(1))
+    store.log_attempt(rec(2)._replace(status=object()))  # type: ignore[arg-type]
+    store.set_current("claude", "backup")  # a write between attempt rows keeps its place
+    store.log_attempt(rec(3))
+    assert store.flush()
+    assert [r.at for r in store.recent_attempts()] == [rec(3).at, rec(1).at]
+    assert "dropped a state update with a bad value" in caplog.text
+    assert store.degraded is None
+
+
 def test_recent_attempts_newest_first_and_filtered(tmp_path: Path, stores: list[StateStore]) -> None:
     store, _ = open_store(stores, tmp_path / "detour.db")
     for i in range(10):
