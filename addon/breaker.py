@@ -223,11 +223,10 @@ def _with_result(
     buckets: tuple[Bucket, ...], window: float, now: float, failed: bool
 ) -> tuple[Bucket, ...]:
     width = window / WINDOW_BUCKETS
-    if buckets and buckets[0].start > now - window and now < buckets[-1].start + width:
-        # Still inside the newest bucket and nothing expired: only that bucket changes.
-        last = buckets[-1]
-        return (*buckets[:-1], Bucket(last.start, last.total + 1, last.failures + int(failed)))
-    live = tuple(b for b in buckets if b.start > now - window)
+    # Buckets are in start order: when the oldest is still in the window, all are (the usual case,
+    # which then skips the filter).
+    expired = bool(buckets) and buckets[0].start <= now - window
+    live = tuple(b for b in buckets if b.start > now - window) if expired else buckets
     if live and now < live[-1].start + width:
         last = live[-1]
         updated = Bucket(last.start, last.total + 1, last.failures + int(failed))

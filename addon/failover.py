@@ -173,16 +173,13 @@ class FailoverEngine:
         A provider that answered recently is trusted without a probe here; `server_connect` probes it
         if mitmproxy has to open a new connection after all.
         """
-        app = route.app
         while route.queue:
-            provider = route.queue.pop(0)
-            permit = self.core.acquire(app.name, provider.id)
-            if permit is None:
-                continue
-            if self.core.is_warm(app.name, provider.id):
-                route.probed = False
-                return provider, permit
-            if await self.reachable(route, provider, permit):
+            warm = self.next_warm_provider(route)
+            if warm is not None or not route.queue:
+                return warm
+            provider = route.queue.pop(0)  # not warm: admitted only if it accepts a connection
+            permit = self.core.acquire(route.app.name, provider.id)
+            if permit is not None and await self.reachable(route, provider, permit):
                 route.probed = True
                 return provider, permit
         return None

@@ -22,11 +22,6 @@ CREDENTIAL_PARAMS = ("key",)
 _GEMINI_MODEL = re.compile(r"^(?P<prefix>.*/models/)(?P<model>[^/:]+)(?P<rest>:.*)?$")
 
 
-def target_url(provider: Provider, path: str) -> str:
-    """The provider's URL for a client path: `base_url` + original path and query."""
-    return provider.base_url + target_path(provider, path)
-
-
 def target_path(provider: Provider, path: str) -> str:
     """The client's path and query as `provider` gets them, after its `base_url`."""
     if provider.owns_credentials:
@@ -103,4 +98,3 @@ def mapped_body(provider: Provider, body: bytes, headers: Mapping[str, str]) -> 
         return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
     except UnicodeEncodeError:  # a lone surrogate (e.g. a cut emoji) only survives as an escape
         return json.dumps(document, separators=(",", ":")).encode()
-

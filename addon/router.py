@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from addon.breaker import BreakerSnapshot, CircuitBreaker, Clock, Permit, State, Transition
 from addon.classify import Verdict
-from addon.model import App, Config, Provider
+from addon.model import Config, Provider
 
 BreakerKey = tuple[str, str]
 
@@ -70,11 +70,11 @@ class Router:
     def breaker(self, app: str, provider: str) -> CircuitBreaker:
         return self._breakers[(app, provider)]
 
-    def _app(self, app: str) -> App:
-        found = self.config.app(app)
-        if found is None:
+    def _queue(self, app: str) -> tuple[tuple[Provider, CircuitBreaker], ...]:
+        queue = self._queues.get(app)
+        if queue is None:
             raise KeyError(f"unknown app {app!r}")
-        return found
+        return queue
 
     def select_providers(self, app: str) -> list[Provider]:
         """The queue in priority order without open circuits.
@@ -82,10 +82,7 @@ class Router:
         When every circuit is open the provider whose open period ends first is still returned, so a
         request is tried rather than refused without trying.
         """
-        queue = self._queues.get(app)
-        if queue is None:
-            raise KeyError(f"unknown app {app!r}")
-        available = [p for p, breaker in queue if breaker.admits()]
+        available = [p for p, breaker in self._queue(app) if breaker.admits()]
         if available:
             return available
         fallback = self._soonest_open(app)
@@ -96,11 +93,12 @@ class Router:
 
         Half-open providers whose probe slots are taken are left alone (their probe limit holds).
         """
-        queue = self._app(app).providers
-        if any(self._breakers[(app, p.id)].admits() for p in queue):
+        queue = self._queue(app)
+        if any(breaker.admits() for _, breaker in queue):
             return None
-        opened = [p for p in queue if self._breakers[(app, p.id)].state() is State.OPEN]
-        return min(opened, key=lambda p: self._breakers[(app, p.id)].open_remaining(), default=None)
+        opened = [(p, breaker) for p, breaker in queue if breaker.state() is State.OPEN]
+        soonest = min(opened, key=lambda pair: pair[1].open_remaining(), default=None)
+        return soonest[0] if soonest is not None else None
 
     def acquire(self, app: str, provider: str) -> Permit | None:
         """Take the permit for actually trying `provider` now, or None if its breaker refuses.
@@ -139,12 +137,7 @@ class Router:
         return self._breakers[(app, provider)].snapshot()
 
     def status(self, app: str) -> list[ProviderStatus]:
-        result = []
-        for p in self._app(app).providers:
-            breaker = self._breakers[(app, p.id)]
-            result.append(
-                ProviderStatus(
-                    p.id, breaker.state(), breaker.raw.consecutive_failures, breaker.open_remaining()
-                )
-            )
-        return result
+        return [
+            ProviderStatus(p.id, breaker.state(), breaker.raw.consecutive_failures, breaker.open_remaining())
+            for p, breaker in self._queue(app)
+        ]

@@ -51,6 +51,7 @@ from addon.transport import SYNTHETIC_KEY, SYNTHETIC_STATUS, on_early_close
 
 logger = logging.getLogger("detour")
 
+
 class Detour:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock

@@ -118,24 +118,21 @@ class _BadRequest(Exception):
     pass
 
 
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
 def _anthropic_error_type(status: int) -> str:
-    if status == 400:
-        return "invalid_request_error"
-    if status == 401:
-        return "authentication_error"
-    if status == 403:
-        return "permission_error"
-    if status == 404:
-        return "not_found_error"
-    if status == 413:
-        return "request_too_large"
-    if status == 429:
-        return "rate_limit_error"
-    if status in (503, 529):
-        return "overloaded_error"
-    if status >= 500:
-        return "api_error"
-    return "invalid_request_error"
+    default = "api_error" if status >= 500 else "invalid_request_error"
+    return _ANTHROPIC_ERROR_TYPES.get(status, default)
 
 
 def _openai_error(status: int) -> tuple[str, str | None]:

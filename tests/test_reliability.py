@@ -63,6 +63,14 @@ def write_config(tmp_path: Path, apps: str, name: str = "config.yaml", **kw: Any
     return cfg
 
 
+def primary_and_backup(
+    mock_factory: MockFactory, tmp_path: Path, app: str, **kw: Any
+) -> tuple[MockProvider, MockProvider, Path]:
+    """Mock primary and backup providers, and a config routing `app`.test (Anthropic API) to them."""
+    p, b = mock_factory("primary"), mock_factory("backup")
+    return p, b, write_config(tmp_path, app_yaml(app, f"{app}.test", "anthropic", pair(p, b)), **kw)
+
+
 def start(mitmdump_factory: MdFactory, cfg: Path, *args: str, **kw: Any) -> Mitmdump:
     return mitmdump_factory(cfg, regular_port=free_port(), env=KEY_ENV, extra_args=list(args), **kw)
 
@@ -204,10 +212,8 @@ def integrity(state: Path) -> str:
 def test_sigkill_during_traffic_then_restart_restores_state(
     mock_factory: MockFactory, mitmdump_factory: MdFactory, tmp_path: Path
 ) -> None:
-    p, b = mock_factory("primary"), mock_factory("backup")
+    p, b, cfg = primary_and_backup(mock_factory, tmp_path, "crash", open_for=30.0, max_open_for=60.0)
     state = tmp_path / "state.db"
-    cfg = write_config(tmp_path, app_yaml("crash", "crash.test", "anthropic", pair(p, b)),
-                       open_for=30.0, max_open_for=60.0)
     md1 = start(mitmdump_factory, cfg)
     assert ok_request(md1, "crash.test") == "ok:primary"
     p.fault("status", status=529)
@@ -280,10 +286,9 @@ def assert_routes_despite_state(md: Mitmdump, host: str, primary: MockProvider, 
 def test_corrupt_state_file_is_reported_and_routing_continues(
     mock_factory: MockFactory, mitmdump_factory: MdFactory, tmp_path: Path
 ) -> None:
-    p, b = mock_factory("primary"), mock_factory("backup")
     state = tmp_path / "state.db"
     state.write_bytes(os.urandom(8192))
-    cfg = write_config(tmp_path, app_yaml("corrupt", "corrupt.test", "anthropic", pair(p, b)))
+    p, _, cfg = primary_and_backup(mock_factory, tmp_path, "corrupt")
     md = start(mitmdump_factory, cfg)
     assert_routes_despite_state(md, "corrupt.test", p, "was corrupt or unreadable")
     assert list(tmp_path.glob("state.db.corrupt-*")), list(tmp_path.iterdir())
@@ -295,10 +300,8 @@ def test_corrupt_state_file_is_reported_and_routing_continues(
 def test_unwritable_state_location_falls_back_to_memory(
     mock_factory: MockFactory, mitmdump_factory: MdFactory, tmp_path: Path
 ) -> None:
-    p, b = mock_factory("primary"), mock_factory("backup")
     (tmp_path / "afile").write_text("a file where a directory should be")
-    cfg = write_config(tmp_path, app_yaml("nostate", "nostate.test", "anthropic", pair(p, b)),
-                       state="afile/detour.db")
+    p, _, cfg = primary_and_backup(mock_factory, tmp_path, "nostate", state="afile/detour.db")
     md = start(mitmdump_factory, cfg)
     assert_routes_despite_state(md, "nostate.test", p, "state is kept in memory")
     assert md.alive

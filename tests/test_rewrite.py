@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from addon.model import Provider
-from addon.rewrite import CREDENTIAL_HEADERS, header_plan, mapped_body, target_url
+from addon.rewrite import CREDENTIAL_HEADERS, header_plan, mapped_body, target_path
 
 KEY = "provider-own-key-123"
 MODELS = (("claude-opus-*", "glm-4.6"), ("gemini-2.5-pro", "gemini-2.5-flash"))
@@ -55,8 +55,8 @@ def prov(key: str | None = KEY, auth: str = "x-api-key", models=MODELS) -> Provi
         (KEY, (), "/v1beta/models/gemini-2.5-pro:generate", "/v1beta/models/gemini-2.5-pro:generate"),
     ],
 )
-def test_target_url(key: str | None, models, path: str, expected: str) -> None:
-    assert target_url(prov(key, models=models), path) == "https://backup.example/api" + expected
+def test_target_path(key: str | None, models, path: str, expected: str) -> None:
+    assert target_path(prov(key, models=models), path) == expected
 
 
 @pytest.mark.parametrize(
