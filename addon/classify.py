@@ -49,6 +49,7 @@ class ErrorKind(enum.Enum):
     TIMEOUT_FIRST_BYTE = "timeout_first_byte"
     TIMEOUT_IDLE = "timeout_idle"
     STREAM_ERROR = "stream_error"  # an SSE `event: error` inside a 200 response
+    TOO_LARGE = "too_large"  # an answer larger than Detour will hold in memory
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ _ERROR_OUTCOMES = {
     ErrorKind.TIMEOUT_FIRST_BYTE: Outcome.TIMEOUT,
     ErrorKind.TIMEOUT_IDLE: Outcome.TIMEOUT,
     ErrorKind.STREAM_ERROR: Outcome.PROVIDER_FAILURE,
+    ErrorKind.TOO_LARGE: Outcome.PROVIDER_FAILURE,
 }
 
 

@@ -20,30 +20,23 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from addon.credentials import AUTH_STYLES
+from addon.formats import family_paths
 from addon.model import (
-    AUTH_STYLES,
+    APIS,
     DEFAULT_CLIENT_ERRORS,
     DEFAULT_FAILOVER_4XX,
-    ERROR_SHAPES,
+    Api,
     App,
-    AuthStyle,
     BreakerPolicy,
     Config,
-    ErrorShape,
     Provider,
     StatusPolicy,
     Timeouts,
 )
 
-#: The model-API paths routed when an app lists none: only these may be sent to a backup provider.
-DEFAULT_PATHS: dict[ErrorShape, tuple[str, ...]] = {
-    "anthropic": ("/v1/messages*", "/v1/complete"),
-    "openai": (
-        "/v1/chat/completions", "/v1/responses", "/v1/responses/*", "/v1/completions", "/v1/embeddings",
-    ),
-    "gemini": ("/v1beta/models/*", "/v1/models/*"),
-}
-DEFAULT_AUTH: dict[ErrorShape, AuthStyle] = {
+#: How a provider's key is sent when its entry names no `auth`, by the app's API.
+DEFAULT_AUTH: dict[Api, str] = {
     "anthropic": "x-api-key",
     "openai": "bearer",
     "gemini": "x-goog-api-key",
@@ -51,7 +44,7 @@ DEFAULT_AUTH: dict[ErrorShape, AuthStyle] = {
 
 _TOP_KEYS = ("state", "breaker", "timeouts", "switch_min_interval", "attempt_log_limit", "apps")
 _APP_KEYS = (
-    "hosts", "providers", "paths", "max_attempts", "timeouts", "error_shape",
+    "hosts", "providers", "paths", "max_attempts", "timeouts", "api", "error_shape",
     "failover_statuses", "client_error_statuses",
 )  # fmt: skip
 _PROVIDER_KEYS = ("id", "base_url", "api_key", "auth", "models", "breaker", "enabled")
@@ -308,10 +301,8 @@ class _Parser:
             raise at.error("app name must match [a-z][a-z0-9_-]*")
         spec = _mapping(at, value, _APP_KEYS)
         hosts = self.hosts(at.key("hosts"), _required(at, spec, "hosts"))
-        shape = _guess_shape(hosts)
-        if "error_shape" in spec:
-            shape = cast(ErrorShape, _choice(at.key("error_shape"), spec["error_shape"], ERROR_SHAPES))
-        paths = DEFAULT_PATHS[shape]
+        shape = self.api(at, spec, hosts)
+        paths = family_paths(shape)
         if "paths" in spec:
             paths_at = at.key("paths")
             paths = tuple(_url_path(paths_at.item(i), p)
@@ -325,8 +316,17 @@ class _Parser:
             max_attempts=_int(at.key("max_attempts"), spec.get("max_attempts", 3), 1, 10),
             timeouts=self.timeouts(at.key("timeouts"), spec.get("timeouts", {}), timeouts),
             statuses=self.statuses(at, spec),
-            error_shape=shape,
+            api=shape,
         )
+
+    def api(self, at: _At, spec: Mapping[str, object], hosts: tuple[str, ...]) -> Api:
+        """`api`, or its older name `error_shape`, or a guess from the hosts."""
+        if "api" in spec and "error_shape" in spec:
+            raise at.key("error_shape").error("is the old name of 'api': give only one of them")
+        key = "api" if "api" in spec else "error_shape"
+        if key not in spec:
+            return _guess_api(hosts)
+        return cast(Api, _choice(at.key(key), spec[key], APIS))
 
     def hosts(self, at: _At, value: object) -> tuple[str, ...]:
         hosts: list[str] = []
@@ -359,7 +359,7 @@ class _Parser:
         )
 
     def providers(
-        self, at: _At, value: object, shape: ErrorShape, breaker: BreakerPolicy
+        self, at: _At, value: object, shape: Api, breaker: BreakerPolicy
     ) -> tuple[Provider, ...]:
         entries: list[_Entry] = []
         for i, raw in enumerate(_list(at, value)):
@@ -378,7 +378,7 @@ class _Parser:
                 self.warnings.append(f"{e.at.source}: {e.at.path} ({e.id}): disabled, {e.why}")
         return enabled
 
-    def provider(self, at: _At, value: object, shape: ErrorShape, breaker: BreakerPolicy) -> _Entry:
+    def provider(self, at: _At, value: object, shape: Api, breaker: BreakerPolicy) -> _Entry:
         spec = _mapping(at, value, _PROVIDER_KEYS)
         provider_id = _str(at.key("id"), _required(at, spec, "id"))
         if not _PROVIDER_ID.fullmatch(provider_id):
@@ -398,7 +398,7 @@ class _Parser:
             missing += [name for name in missing_key if name not in missing]
         auth = DEFAULT_AUTH[shape]
         if "auth" in spec:
-            auth = cast(AuthStyle, _choice(at.key("auth"), spec["auth"], AUTH_STYLES))
+            auth = _choice(at.key("auth"), spec["auth"], AUTH_STYLES)
         provider = Provider(
             id=provider_id,
             base_url=base_url,
@@ -470,7 +470,7 @@ def _url_path(at: _At, value: object) -> str:
     return cast(str, value)
 
 
-def _guess_shape(hosts: Iterable[str]) -> ErrorShape:
+def _guess_api(hosts: Iterable[str]) -> Api:
     hosts = tuple(hosts)
     if any("anthropic" in h for h in hosts):
         return "anthropic"

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 try:
-    from addon.shell import Detour
+    from addon.mitm.addon import Detour
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from addon.shell import Detour
+    from addon.mitm.addon import Detour
 
 addons = [Detour()]

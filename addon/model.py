@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-AuthStyle = Literal["x-api-key", "bearer", "x-goog-api-key"]
-ErrorShape = Literal["anthropic", "openai", "gemini"]
-
-AUTH_STYLES: tuple[AuthStyle, ...] = ("x-api-key", "bearer", "x-goog-api-key")
-ERROR_SHAPES: tuple[ErrorShape, ...] = ("anthropic", "openai", "gemini")
+#: An app's API family: which dialects its clients speak (see `addon.formats`).
+Api = Literal["anthropic", "openai", "gemini"]
+APIS: tuple[Api, ...] = ("anthropic", "openai", "gemini")
 
 #: Statuses that are the client's own problem: returned as they are, never failed over, never counted.
 DEFAULT_CLIENT_ERRORS: frozenset[int] = frozenset({400, 405, 406, 413, 414, 415, 422})
@@ -74,7 +72,8 @@ class Provider:
     id: str
     base_url: str
     api_key: str | None = field(default=None, repr=False)
-    auth: AuthStyle = "x-api-key"
+    #: A name from `addon.credentials.AUTH_STYLES`.
+    auth: str = "x-api-key"
     models: tuple[tuple[str, str], ...] = ()
     breaker: BreakerPolicy = BreakerPolicy()
 
@@ -101,7 +100,7 @@ class App:
     max_attempts: int = 3
     timeouts: Timeouts = Timeouts()
     statuses: StatusPolicy = StatusPolicy()
-    error_shape: ErrorShape = "anthropic"
+    api: Api = "anthropic"
 
     def provider(self, provider_id: str) -> Provider | None:
         return next((p for p in self.providers if p.id == provider_id), None)

@@ -1,25 +1,151 @@
-"""How one request is adapted to one provider: URL, credentials and model name.
+"""How the client's request becomes the request one provider gets: URL, headers, credentials, model.
 
-Pure functions over plain values, so the rules that keep keys where they belong are tested without
-mitmproxy. Every attempt is built from the client's original request, never from a previous
-attempt, which is what guarantees that provider A's key can't travel on to provider B.
+Pure functions over plain values. Every attempt is built from the client's original request, never
+from a previous attempt, which is what keeps provider A's key (or mapped model) from travelling on to
+provider B. The body is forwarded byte for byte; only the value of a mapped `model` is replaced.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from urllib.parse import parse_qsl, urlencode
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from addon.credentials import AUTH_STYLES, CLIENT_CREDENTIAL_PARAMS, CLIENT_CREDENTIALS, Fields
 from addon.model import Provider
 
-#: Headers that carry an API credential, in any of the styles Detour supports.
-CREDENTIAL_HEADERS = ("x-api-key", "authorization", "x-goog-api-key")
-#: Query parameters that carry a credential (Gemini's `?key=`).
-CREDENTIAL_PARAMS = ("key",)
+#: Headers that describe one connection, not the request: never forwarded to a provider.
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"expect",
+        b"accept-encoding",
+    }
+)
 
 _GEMINI_MODEL = re.compile(r"^(?P<prefix>.*/models/)(?P<model>[^/:]+)(?P<rest>:.*)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """What the client sent, as plain values (header names lower-cased)."""
+
+    method: str
+    #: Path and query as the client sent them.
+    path: str
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A provider's `base_url`, parsed once."""
+
+    scheme: str
+    host: str
+    port: int
+    #: The base URL's own path ("" or e.g. "/api/anthropic"), which the client's path is appended to.
+    prefix: str
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.tls else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRequest:
+    """The request exactly as one provider gets it."""
+
+    target: Target
+    method: str
+    path: str
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+    @property
+    def url(self) -> str:
+        return f"{self.target.scheme}://{self.target.authority}{self.path}"
+
+
+_targets: dict[str, Target] = {}
+
+
+def parse_target(base_url: str) -> Target:
+    """The parsed `base_url` (validated by the config loader: an ASCII http(s) URL, no query)."""
+    found = _targets.get(base_url)
+    if found is None:
+        parts = urlsplit(base_url)
+        scheme = parts.scheme
+        port = parts.port or (443 if scheme == "https" else 80)
+        found = Target(scheme, parts.hostname or "", port, parts.path.rstrip("/"))
+        if len(_targets) > 256:
+            _targets.clear()
+        _targets[base_url] = found
+    return found
+
+
+def for_provider(request: ClientRequest, provider: Provider) -> OutboundRequest:
+    """`request` as `provider` must get it: its URL, its credentials (or the client's), its model."""
+    target = parse_target(provider.base_url)
+    owns = provider.owns_credentials
+    connection_tokens = _connection_tokens(request.headers)
+    fields: Fields = [(b"host", target.authority.encode())]
+    for name, value in request.headers:
+        if name in HOP_BY_HOP or name in connection_tokens or name[:1] == b":":
+            continue
+        if owns and name in CLIENT_CREDENTIALS:
+            continue
+        fields.append((name, value))
+    if owns:
+        assert provider.api_key is not None
+        AUTH_STYLES[provider.auth].apply(fields, provider.api_key)
+    # Detour reads every answer (stream ends, errors): it must not arrive compressed.
+    fields.append((b"accept-encoding", b"identity"))
+    body = request.body
+    if provider.models and not _encoded(request):
+        body = map_body_model(body, provider) or body
+    if body or request.method in ("POST", "PUT", "PATCH"):
+        fields.append((b"content-length", str(len(body)).encode()))
+    path = target_path(provider, request.path)
+    return OutboundRequest(target, request.method, target.prefix + path, tuple(fields), body)
+
+
+def _encoded(request: ClientRequest) -> bool:
+    """The body is compressed: its model can't be rewritten in place."""
+    encoding = request.header(b"content-encoding")
+    return encoding is not None and encoding.strip().lower() not in (b"", b"identity")
+
+
+def _connection_tokens(headers: tuple[tuple[bytes, bytes], ...]) -> frozenset[bytes]:
+    """Headers the client named in `Connection:` are hop-by-hop too (RFC 9110 7.6.1)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
 
 
 def target_path(provider: Provider, path: str) -> str:
@@ -37,7 +163,7 @@ def strip_credential_params(path: str) -> str:
         return path
     bare, query = path.split("?", 1)
     pairs = parse_qsl(query, keep_blank_values=True)
-    kept = [(k, v) for k, v in pairs if k not in CREDENTIAL_PARAMS]
+    kept = [(k, v) for k, v in pairs if k not in CLIENT_CREDENTIAL_PARAMS]
     if len(kept) == len(pairs):
         return path
     return f"{bare}?{urlencode(kept)}" if kept else bare
@@ -55,46 +181,66 @@ def map_path_model(provider: Provider, path: str) -> str:
     return f"{match['prefix']}{mapped}{match['rest'] or ''}{sep}{query}"
 
 
-def credential_headers(provider: Provider) -> dict[str, str]:
-    """The headers that present `provider`'s own key in its auth style."""
-    key = provider.api_key
-    if key is None:
-        return {}
-    if provider.auth == "bearer":
-        return {"authorization": f"Bearer {key}"}
-    return {provider.auth: key}
-
-
-def header_plan(provider: Provider) -> tuple[tuple[str, ...], dict[str, str]]:
-    """(headers to remove, headers to set) for sending a client's request to `provider`.
-
-    A provider with a key gets only that key: every client credential is removed. A provider
-    without one gets the client's credentials unchanged.
-    """
-    if not provider.owns_credentials:
-        return (), {}
-    return CREDENTIAL_HEADERS, credential_headers(provider)
-
-
-def mapped_body(provider: Provider, body: bytes, headers: Mapping[str, str]) -> bytes | None:
-    """The body with the model renamed for `provider`, or None when it must stay byte-for-byte.
-
-    Only a JSON object with a string `model` that one of the provider's globs matches is rewritten,
-    and only then is it re-serialised; prompt caches depend on the bytes staying the same otherwise.
-    """
-    if not provider.models or not body or headers.get("content-encoding"):
+def map_body_model(body: bytes, provider: Provider) -> bytes | None:
+    """The body with each top-level `"model"` string that a glob maps replaced in place, or None when
+    nothing changes. Every other byte stays as the client sent it: numbers such as `1e400`, key
+    order, duplicate keys and whitespace survive, and with them the provider's prompt cache."""
+    spans = model_spans(body)
+    if not spans:
         return None
+    text = body.decode("utf-8")
+    out: list[str] = []
+    last = 0
+    for start, end, model in spans:
+        mapped = provider.map_model(model)
+        if mapped is None or mapped == model:
+            continue
+        out += [text[last:start], json.dumps(mapped, ensure_ascii=False)]
+        last = end
+    if not out:
+        return None
+    out.append(text[last:])
+    return "".join(out).encode("utf-8", "surrogatepass")
+
+
+_decoder = json.JSONDecoder()
+_WHITESPACE = " \t\n\r"
+
+
+def model_spans(body: bytes) -> list[tuple[int, int, str]]:
+    """(start, end, value) of every top-level `"model": "<string>"` in a JSON object body, as
+    character offsets into its UTF-8 text; [] for anything that isn't such an object."""
+    if not body or body.lstrip()[:1] != b"{" or b'"model"' not in body:
+        return []
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(document, dict) or not isinstance(document.get("model"), str):
-        return None
-    target = provider.map_model(document["model"])
-    if target is None or target == document["model"]:
-        return None
-    document["model"] = target
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return []
+    spans: list[tuple[int, int, str]] = []
     try:
-        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:  # a lone surrogate (e.g. a cut emoji) only survives as an escape
-        return json.dumps(document, separators=(",", ":")).encode()
+        i = _skip_ws(text, text.index("{") + 1)
+        for _ in range(len(text)):  # bounded: every pass consumes one member
+            if text[i] == "}":
+                return spans
+            key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
+            i = _skip_ws(text, i)
+            if text[i] != ":":
+                return []
+            i = _skip_ws(text, i + 1)
+            value, end = _decoder.raw_decode(text, i)
+            if key == "model" and isinstance(value, str):
+                spans.append((i, end, value))
+            i = _skip_ws(text, end)
+            if text[i] == ",":
+                i = _skip_ws(text, i + 1)
+            elif text[i] != "}":
+                return []
+    except (ValueError, IndexError, RecursionError):
+        return []
+    return []
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while text[i] in _WHITESPACE:
+        i += 1
+    return i

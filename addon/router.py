@@ -106,7 +106,9 @@ class Router:
         Half-open providers take their probe slot here, not in `select_providers`, so a provider
         that was selected but never tried doesn't hold a slot.
         """
-        breaker = self._breakers[(app, provider)]
+        breaker = self._breakers.get((app, provider))
+        if breaker is None:  # the provider vanished in a reload since the request's queue was taken
+            return None
         permit = breaker.acquire()
         if permit is not None:
             return permit

@@ -673,12 +673,13 @@ class Bench:
 
     # 5 ---------------------------------------------------------------------------------------
     def decision(self) -> None:
+        from addon.core import Core
+        from addon.store import StateStore
+
         from addon.breaker import State
         from addon.classify import Outcome, Verdict
-        from addon.core import Core
         from addon.model import App, Config, Provider
         from addon.router import Router
-        from addon.store import StateStore
 
         iterations = 20_000 if self.quick else 100_000
         providers = tuple(Provider(f"p{i}", f"http://127.0.0.1:{9000 + i}") for i in range(3))

@@ -1,12 +1,22 @@
-"""Shared fixtures: mock providers and mitmdump processes, each stopped at test teardown."""
+"""Shared fixtures and the session report; `tests/support` holds the helpers every tier imports.
+
+Tiers: `unit/` (pure, no sockets), `mitm/` (mitmproxy's test doubles, no network), `e2e/` (real
+servers on loopback: mocks, the relay, a real mitmdump, the official SDKs).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+
 from harness import Mitmdump
 from mockprovider import MockProvider
 
@@ -44,3 +54,19 @@ def mitmdump_factory(tmp_path: Path) -> Iterator[Callable[..., Mitmdump]]:
     yield make
     for md in reversed(procs):
         md.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The fault matrix's table, once every cell has run (never a test of its own: it can't fail)."""
+    matrix = sys.modules.get("test_fault_matrix")
+    document = matrix.summary() if matrix is not None else None
+    if document is None:
+        return
+    out = Path(
+        os.environ.get("DETOUR_MATRIX_JSON")
+        or session.config._tmp_path_factory.getbasetemp() / "fault_matrix.json"
+    )  # type: ignore[attr-defined]
+    out.write_text(json.dumps(document, indent=1))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\nfault matrix ({out}):\n{document['table']}")

@@ -1,0 +1,656 @@
+"""One client request, from admission to the answer the client gets, as a sans-I/O state machine.
+
+Everything that decides what happens to a routed request lives in this file (h11's rule): which
+provider is tried next, when an attempt has run out of time, what its answer means, whether that
+answer is held back, streamed, delivered or replaced by the next provider's, and when the client's
+stream must be cut rather than ended. It does no I/O and reads no clock: a driver feeds it events
+(`handle`) stamped with the time, executes the actions it returns, and wakes it with `Tick` at
+`deadline()` (tenacity's split between the decision and the doing).
+
+    Start ──► Pick ─► Picked ──► Send ─► Connected ─► ResponseHead ─► BodyData* ─► BodyEnd
+                 └─► Exhausted ─► Deliver/Refuse      │ failure status: HoldBack, then Pick again
+                                                      │ success, streamed: Stream, Forward*, Finish
+                                                      └ success, whole: Deliver
+
+An `UpstreamError` or a `Tick` past the attempt's deadline ends the attempt: the next provider is
+picked while the client has seen nothing, and the client's stream is cut (never ended cleanly) once
+it has.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from addon.breaker import Permit
+from addon.classify import ErrorKind, Outcome, Verdict, classify_error, classify_status
+from addon.formats import Dialect, StreamWatch
+from addon.model import App, Provider
+from addon.secrets import redact, redact_bytes
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+PROVIDER_HEADER = b"x-detour-provider"
+ATTEMPTS_HEADER = b"x-detour-attempts"
+#: Statuses a provider answers a WebSocket upgrade with when it doesn't speak WebSocket at all.
+NO_WEBSOCKET = frozenset({404, 405, 426})
+#: Content types whose bodies are event streams, watched for their dialect's end and error events.
+STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson", b"application/jsonl")
+#: Response headers that describe the provider's connection, not the answer.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"transfer-encoding",
+        b"content-length",
+        b"trailer",
+        b"upgrade",
+    }
+)
+
+
+class Delivery(enum.Enum):
+    """How the client gets its answer."""
+
+    WHOLE = "whole"  # complete, once the provider's answer has ended (non-streamed requests)
+    STREAM = "stream"  # chunk by chunk as it arrives (streamed requests)
+    UPGRADE = "upgrade"  # a WebSocket handshake: only the provider that answers 101 is chosen
+
+
+class Phase(enum.Enum):
+    """Where one attempt is; each phase has exactly one deadline (see `Attempt.deadline`)."""
+
+    CONNECTING = "connecting"
+    WAITING = "waiting"  # request sent, no response head yet
+    RECEIVING = "receiving"
+    ENDED = "ended"
+
+
+# --- events (in) ----------------------------------------------------------------------------------
+
+
+class Start(NamedTuple):
+    now: float
+
+
+class Picked(NamedTuple):
+    provider: Provider
+    permit: Permit
+    now: float
+
+
+class Exhausted(NamedTuple):
+    """No provider is left to try; `retry_after` is when the first open circuit admits a probe."""
+
+    retry_after: float
+    now: float
+
+
+class Connected(NamedTuple):
+    now: float
+
+
+class ResponseHead(NamedTuple):
+    """A final (non-1xx) response head; `wall` is the wall-clock time, for HTTP-date Retry-After."""
+
+    status: int
+    headers: Headers
+    now: float
+    wall: float
+
+
+class BodyData(NamedTuple):
+    data: bytes
+    now: float
+
+
+class BodyEnd(NamedTuple):
+    now: float
+
+
+class UpstreamError(NamedTuple):
+    """The attempt's connection failed: refused, TLS, reset or closed early."""
+
+    kind: ErrorKind
+    detail: str
+    now: float
+
+
+class Tick(NamedTuple):
+    now: float
+
+
+class Forwarded(NamedTuple):
+    """A chunk reached the client: time spent waiting for a slow client is not provider silence."""
+
+    now: float
+
+
+class ClientGone(NamedTuple):
+    now: float
+
+
+Event = (
+    Start
+    | Picked
+    | Exhausted
+    | Connected
+    | ResponseHead
+    | BodyData
+    | BodyEnd
+    | UpstreamError
+    | Tick
+    | Forwarded
+    | ClientGone
+)
+
+
+# --- actions (out) --------------------------------------------------------------------------------
+
+
+class Pick(NamedTuple):
+    """Retry on the next provider: acquire it from the queue and answer `Picked` or `Exhausted`."""
+
+
+class Send(NamedTuple):
+    """Connect to the attempt's provider and send it the client's request, rewritten for it."""
+
+    attempt: Attempt
+
+
+class Upgrade(NamedTuple):
+    """The provider accepted the WebSocket handshake: answer the client with this head, then join
+    the two connections (the attempt's connection now belongs to the client)."""
+
+    status: int
+    headers: Headers
+
+
+class HoldBack(NamedTuple):
+    """The attempt's answer is a failure: keep reading it, but the client must not see it."""
+
+    attempt: Attempt
+
+
+class Stream(NamedTuple):
+    """Start the client's answer with this head; `Forward`s and a `Finish` or `Cut` follow."""
+
+    status: int
+    headers: Headers
+
+
+class Forward(NamedTuple):
+    data: bytes
+
+
+class Finish(NamedTuple):
+    """End the client's streamed answer cleanly."""
+
+
+class Cut(NamedTuple):
+    """End the client's streamed answer so that it cannot look complete."""
+
+    reason: str
+
+
+class Deliver(NamedTuple):
+    """Give the client this complete answer."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+
+class Refuse(NamedTuple):
+    """Answer for the providers: Detour's own error, in the dialect's shape."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+
+class Abort(NamedTuple):
+    """Close the attempt's upstream connection without reading more."""
+
+    attempt: Attempt
+
+
+class Record(NamedTuple):
+    """Report the attempt's verdict to its provider's breaker and the attempt log."""
+
+    attempt: Attempt
+    verdict: Verdict
+
+
+class Release(NamedTuple):
+    """The attempt ended without a verdict on its provider: give its breaker permit back."""
+
+    attempt: Attempt
+
+
+class Done(NamedTuple):
+    result: Result
+
+
+Action = (
+    Pick
+    | Send
+    | Upgrade
+    | HoldBack
+    | Stream
+    | Forward
+    | Finish
+    | Cut
+    | Deliver
+    | Refuse
+    | Abort
+    | Record
+    | Release
+    | Done
+)
+
+
+# --- values ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one exchange that the config doesn't set per app."""
+
+    #: The most bytes of one answer Detour holds in memory (held-back and whole answers).
+    max_body: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FailedAttempt:
+    provider: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """How the exchange ended, for the switch manager, the flow's annotations and the log."""
+
+    served_by: Provider | None
+    #: The verdict on the answer the client got (None: nothing was tried, or the client left).
+    verdict: Verdict | None
+    failed: tuple[FailedAttempt, ...]
+    attempts: int
+    streamed: bool
+    client_gone: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return (
+            self.served_by is not None
+            and self.verdict is not None
+            and self.verdict.outcome is Outcome.SUCCESS
+        )
+
+
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """One try of one provider; native and failover attempts are the same thing."""
+
+    number: int
+    provider: Provider
+    permit: Permit
+    started: float
+    phase: Phase = Phase.CONNECTING
+    connected_at: float = 0.0
+    last_activity: float = 0.0
+    status: int | None = None
+    headers: Headers = ()
+    #: The verdict from the status alone; the final verdict also weighs how the body ended.
+    status_verdict: Verdict | None = None
+    watch: StreamWatch | None = None
+    body: bytearray = field(default_factory=bytearray)
+    #: The answer is going to the client as it arrives.
+    streaming: bool = False
+    #: The answer is kept whole in `body` (held back, or delivered once complete).
+    holding: bool = False
+
+    def deadline(self, app: App) -> tuple[float, ErrorKind] | None:
+        """The one deadline rule: each phase has one limit, counted from when that phase began
+        (the connect from the start, the first byte from the connect, idle from the last data)."""
+        timeouts = app.timeouts
+        if self.phase is Phase.CONNECTING:
+            return self.started + timeouts.connect, ErrorKind.TIMEOUT_CONNECT
+        if self.phase is Phase.WAITING:
+            return self.connected_at + timeouts.first_byte, ErrorKind.TIMEOUT_FIRST_BYTE
+        if self.phase is Phase.RECEIVING:
+            return self.last_activity + timeouts.idle, ErrorKind.TIMEOUT_IDLE
+        return None
+
+    def verdict(self) -> Verdict:
+        """The one verdict rule, for an answer whose body has ended cleanly: its status, then (for a
+        successful event stream) whether its dialect's error or end-of-stream event was seen."""
+        assert self.status_verdict is not None
+        verdict = self.status_verdict
+        watch = self.watch
+        if watch is None or verdict.outcome is not Outcome.SUCCESS:
+            return verdict
+        if watch.error is not None:
+            return classify_error(ErrorKind.STREAM_ERROR, watch.error[:120])
+        if not watch.complete:
+            return classify_error(ErrorKind.RESET, "stream ended without its final event")
+        return verdict
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A provider's failure answer, kept as what the client gets if nobody does better."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+
+class Exchange:
+    """One routed client request. See the module docstring for the flow of events and actions."""
+
+    def __init__(
+        self,
+        app: App,
+        dialect: Dialect,
+        delivery: Delivery,
+        queue: list[Provider],
+        secrets: tuple[str, ...] = (),
+        limits: Limits = Limits(),
+    ) -> None:
+        self.app = app
+        self.dialect = dialect
+        self.delivery = delivery
+        #: The providers still to try, best first: a snapshot taken at admission, so a reload while
+        #: the request is in flight changes nothing for it.
+        self.queue = queue
+        self.secrets = secrets
+        self.limits = limits
+        self.attempt: Attempt | None = None
+        self.attempts = 0
+        self.failed: list[FailedAttempt] = []
+        self.result: Result | None = None
+        self._last_failure: _Failure | None = None
+        #: An attempt got past its connect: "nothing could be tried" no longer describes the outcome.
+        self._reached = False
+        #: A provider answered a WebSocket handshake with "no WebSocket here".
+        self._no_websocket: _Failure | None = None
+
+    # --- the driver's interface ---------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def deadline(self) -> float | None:
+        """When the driver must send a `Tick`, if nothing else happens first."""
+        if self.attempt is None or self.result is not None:
+            return None
+        due = self.attempt.deadline(self.app)
+        return due[0] if due is not None else None
+
+    def handle(self, event: Event) -> list[Action]:
+        """The actions that follow from `event`, in the order the driver must execute them."""
+        if self.result is not None:
+            return []
+        return _HANDLERS[type(event)](self, event)
+
+    # --- handlers -----------------------------------------------------------------------------
+
+    def _on_start(self, event: Start) -> list[Action]:
+        return [Pick()]
+
+    def _on_picked(self, event: Picked) -> list[Action]:
+        self.attempts += 1
+        attempt = Attempt(self.attempts, event.provider, event.permit, event.now)
+        self.attempt = attempt
+        return [Send(attempt)]
+
+    def _on_exhausted(self, event: Exhausted) -> list[Action]:
+        self.attempt = None
+        last = self._no_websocket or self._last_failure
+        if last is not None:
+            body = redact_bytes(last.body, self.secrets)
+            return [Deliver(last.status, self._client_headers(last.headers, None), body), self._done(None)]
+        if self._reached:
+            return [self._refuse(504, "every provider failed or timed out", None), self._done(None)]
+        reasons = ", ".join(f"{a.provider} ({a.reason})" for a in self.failed)
+        message = "no provider could be tried: " + (reasons or "every circuit is open")
+        return [self._refuse(503, message, event.retry_after), self._done(None)]
+
+    def _on_connected(self, event: Connected) -> list[Action]:
+        attempt = self._current()
+        if attempt.phase is Phase.CONNECTING:
+            attempt.phase = Phase.WAITING
+            attempt.connected_at = event.now
+        return []
+
+    def _on_head(self, event: ResponseHead) -> list[Action]:
+        attempt = self._current()
+        self._reached = True
+        attempt.phase = Phase.RECEIVING
+        attempt.last_activity = event.now
+        attempt.status = event.status
+        attempt.headers = event.headers
+        verdict = classify_status(event.status, _retry_headers(event.headers), self.app.statuses, event.wall)
+        attempt.status_verdict = verdict
+        if self.delivery is Delivery.UPGRADE:
+            return self._on_upgrade_head(attempt, event.status)
+        if _is_event_stream(event.headers):
+            attempt.watch = self.dialect.watch()
+        if verdict.fails_over:
+            attempt.holding = True
+            return [HoldBack(attempt)]
+        if self.delivery is Delivery.STREAM and verdict.outcome is Outcome.SUCCESS:
+            attempt.streaming = True
+            return [Stream(event.status, self._client_headers(event.headers, attempt.provider))]
+        attempt.holding = True
+        return []
+
+    def _on_upgrade_head(self, attempt: Attempt, status: int) -> list[Action]:
+        """A handshake answer: 101 chooses this provider; "no WebSocket here" is no failure of it."""
+        attempt.phase = Phase.ENDED
+        if status == 101:
+            verdict = Verdict(Outcome.SUCCESS, "http 101", 101)
+            detour = tuple(self._detour_headers(attempt.provider))
+            return [
+                Record(attempt, verdict),
+                Upgrade(101, attempt.headers + detour),
+                self._done(attempt.provider, verdict),
+            ]
+        if status in NO_WEBSOCKET:
+            self._no_websocket = self._no_websocket or _Failure(status, attempt.headers, b"")
+            self.failed.append(FailedAttempt(attempt.provider.id, f"no websocket (http {status})"))
+            return [Abort(attempt), Release(attempt), Pick()]
+        assert attempt.status_verdict is not None
+        verdict = attempt.status_verdict
+        if not verdict.fails_over:  # a client error: the client gets it, as for any request
+            return [Abort(attempt), Record(attempt, verdict), *self._deliver(attempt, verdict)]
+        return [Abort(attempt), *self._failed(attempt, verdict), Pick()]
+
+    def _on_data(self, event: BodyData) -> list[Action]:
+        attempt = self._current()
+        attempt.last_activity = event.now
+        data = event.data
+        if attempt.watch is not None:
+            attempt.watch.feed(data)
+        if attempt.streaming:
+            return [Forward(data)]
+        if len(attempt.body) + len(data) > self.limits.max_body:
+            verdict = classify_error(ErrorKind.TOO_LARGE, f"answer larger than {self.limits.max_body} bytes")
+            return [Abort(attempt), *self._failed(attempt, verdict), Pick()]
+        attempt.body += data
+        return []
+
+    def _on_end(self, event: BodyEnd) -> list[Action]:
+        attempt = self._current()
+        attempt.phase = Phase.ENDED
+        verdict = attempt.verdict()
+        if attempt.streaming:
+            self.attempt = None
+            if verdict.outcome is Outcome.SUCCESS or verdict.reason.startswith(ErrorKind.STREAM_ERROR.value):
+                # An error event was forwarded as the provider sent it: the client's SDK reports it.
+                return [Record(attempt, verdict), self._done(attempt.provider, verdict), Finish()]
+            return [Record(attempt, verdict), self._done(None, verdict), Cut(verdict.reason)]
+        if verdict.fails_over:
+            if attempt.status_verdict is not None and attempt.status_verdict.fails_over:
+                self._last_failure = _Failure(attempt.status or 502, attempt.headers, bytes(attempt.body))
+            return [*self._failed(attempt, verdict), Pick()]
+        return [Record(attempt, verdict), *self._deliver(attempt, verdict)]
+
+    def _on_upstream_error(self, event: UpstreamError) -> list[Action]:
+        attempt = self._current()
+        if attempt.phase is not Phase.CONNECTING:
+            self._reached = True
+        kind = event.kind
+        if kind is ErrorKind.CONNECT and attempt.phase is not Phase.CONNECTING:
+            kind = ErrorKind.RESET
+        return self._end_attempt(attempt, classify_error(kind, event.detail))
+
+    def _on_tick(self, event: Tick) -> list[Action]:
+        attempt = self.attempt
+        due = attempt.deadline(self.app) if attempt is not None else None
+        if attempt is None or due is None or event.now < due[0]:
+            return []
+        kind = due[1]
+        if attempt.phase is not Phase.CONNECTING:
+            self._reached = True
+        limit = {
+            ErrorKind.TIMEOUT_CONNECT: self.app.timeouts.connect,
+            ErrorKind.TIMEOUT_FIRST_BYTE: self.app.timeouts.first_byte,
+            ErrorKind.TIMEOUT_IDLE: self.app.timeouts.idle,
+        }[kind]
+        what = (
+            "no connection"
+            if kind is ErrorKind.TIMEOUT_CONNECT
+            else ("no response" if kind is ErrorKind.TIMEOUT_FIRST_BYTE else "silent")
+        )
+        return self._end_attempt(attempt, classify_error(kind, f"{what} for {limit:g}s"))
+
+    def _on_forwarded(self, event: Forwarded) -> list[Action]:
+        if self.attempt is not None and self.attempt.phase is Phase.RECEIVING:
+            self.attempt.last_activity = max(self.attempt.last_activity, event.now)
+        return []
+
+    def _on_client_gone(self, event: ClientGone) -> list[Action]:
+        attempt = self.attempt
+        self.attempt = None
+        result = Result(None, None, tuple(self.failed), self.attempts, self._streamed(), client_gone=True)
+        self.result = result
+        if attempt is None or attempt.phase is Phase.ENDED:
+            return [Done(result)]
+        return [Abort(attempt), Release(attempt), Done(result)]
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _current(self) -> Attempt:
+        if self.attempt is None:
+            raise ProtocolError("an attempt event arrived with no attempt in flight")
+        return self.attempt
+
+    def _end_attempt(self, attempt: Attempt, verdict: Verdict) -> list[Action]:
+        """The attempt broke off (connection failure or deadline): fail over, or cut the client."""
+        attempt.phase = Phase.ENDED
+        if attempt.streaming:
+            self.attempt = None
+            return [Abort(attempt), Record(attempt, verdict), self._done(None, verdict), Cut(verdict.reason)]
+        return [Abort(attempt), *self._failed(attempt, verdict), Pick()]
+
+    def _failed(self, attempt: Attempt, verdict: Verdict) -> list[Action]:
+        self.attempt = None
+        self.failed.append(FailedAttempt(attempt.provider.id, redact(verdict.reason, self.secrets)))
+        return [Record(attempt, verdict)]
+
+    def _deliver(self, attempt: Attempt, verdict: Verdict) -> list[Action]:
+        status = attempt.status or 502
+        body = bytes(attempt.body)
+        if status >= 400:
+            body = redact_bytes(body, self.secrets)
+        headers = self._client_headers(attempt.headers, attempt.provider)
+        return [Deliver(status, headers, body), self._done(attempt.provider, verdict)]
+
+    def _refuse(self, status: int, message: str, retry_after: float | None) -> Refuse:
+        headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+        if retry_after is not None:
+            headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
+        headers += self._detour_headers(None)
+        return Refuse(status, tuple(headers), self.dialect.error_body(status, redact(message, self.secrets)))
+
+    def _done(self, served_by: Provider | None, verdict: Verdict | None = None) -> Done:
+        self.attempt = None
+        self.result = Result(served_by, verdict, tuple(self.failed), self.attempts, self._streamed())
+        return Done(self.result)
+
+    def _streamed(self) -> bool:
+        return self.delivery is Delivery.STREAM
+
+    def _client_headers(self, headers: Headers, provider: Provider | None) -> Headers:
+        """The provider's response head as the client gets it: without hop-by-hop fields, with any
+        configured key masked, and with Detour's own `x-detour-*` fields."""
+        secrets = self.secrets
+        kept: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            if name in _HOP_BY_HOP or name in (PROVIDER_HEADER, ATTEMPTS_HEADER):
+                continue
+            if secrets and any(s.encode() in value for s in secrets):
+                value = redact_bytes(value, secrets)
+            kept.append((name, value))
+        kept += self._detour_headers(provider)
+        return tuple(kept)
+
+    def _detour_headers(self, provider: Provider | None) -> list[tuple[bytes, bytes]]:
+        fields = []
+        if provider is not None:
+            fields.append((PROVIDER_HEADER, provider.id.encode()))
+        if self.failed:
+            fields.append((ATTEMPTS_HEADER, header_safe(attempts_text(self.failed)).encode()))
+        return fields
+
+
+class ProtocolError(RuntimeError):
+    """The driver sent an event that makes no sense in the exchange's current state (a bug)."""
+
+
+#: The transition table: which handler takes which event (each handler checks the attempt's phase).
+_HANDLERS: dict[type, Callable[[Exchange, Any], list[Action]]] = {
+    Start: Exchange._on_start,
+    Picked: Exchange._on_picked,
+    Exhausted: Exchange._on_exhausted,
+    Connected: Exchange._on_connected,
+    ResponseHead: Exchange._on_head,
+    BodyData: Exchange._on_data,
+    BodyEnd: Exchange._on_end,
+    UpstreamError: Exchange._on_upstream_error,
+    Tick: Exchange._on_tick,
+    Forwarded: Exchange._on_forwarded,
+    ClientGone: Exchange._on_client_gone,
+}
+
+
+_RETRY_HEADERS = (b"retry-after", b"retry-after-ms")
+
+
+def _retry_headers(headers: Headers) -> dict[str, str]:
+    """The fields `classify_status` reads (names are lower-case on the wire here)."""
+    return {k.decode(): v.decode("latin-1") for k, v in headers if k in _RETRY_HEADERS}
+
+
+def _is_event_stream(headers: Headers) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            lowered = value.lower()
+            return any(t in lowered for t in STREAM_TYPES)
+    return False
+
+
+def attempts_text(failed: list[FailedAttempt] | tuple[FailedAttempt, ...]) -> str:
+    """The failed attempts, as the client's `x-detour-attempts` and the flow's comment name them."""
+    return ", ".join(f"{a.provider} ({a.reason})" for a in failed)
+
+
+def header_safe(text: str) -> str:
+    return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:200]

@@ -1,0 +1,119 @@
+"""What every API dialect knows about itself, and the stream watch built on that knowledge.
+
+A dialect is one wire format (Anthropic Messages, OpenAI Chat Completions, OpenAI Responses,
+Gemini). The exchange never looks inside a body itself: it asks the dialect whether a request
+streams, what an event means, and how an error must look for the client's SDK to recognise it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+
+from addon.formats.sse import SSEEvent, SSEParser
+
+Family = str  # "anthropic" | "openai" | "gemini": what an app's clients speak
+
+
+class EventKind(enum.Enum):
+    """What one streamed event tells about the answer as a whole."""
+
+    OTHER = "other"  # pings, metadata, block starts and stops
+    CONTENT = "content"  # generated text, thinking or tool input: the answer has begun
+    FINISHED = "finished"  # carries a stop reason; complete if the stream then ends cleanly
+    TERMINAL = "terminal"  # the dialect's explicit end of stream
+    ERROR = "error"  # an error reported inside a 200 stream
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """One API wire format. Subclasses override the event table and the error shape."""
+
+    name: str
+    family: Family
+    #: The model-API paths an app of this family routes by default (globs, query ignored).
+    paths: tuple[str, ...]
+
+    def is_stream_request(self, path: str, body: bytes) -> bool:
+        """The client asked for a streamed answer (`"stream": true`)."""
+        return json_true(body, b'"stream"')
+
+    def classify_event(self, event: SSEEvent) -> EventKind:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def error_document(self, status: int, message: str) -> dict[str, object]:  # pragma: no cover
+        raise NotImplementedError
+
+    def error_body(self, status: int, message: str) -> bytes:
+        """A JSON error body for `status` that this dialect's official SDK parses."""
+        return json.dumps(self.error_document(status, message)).encode()
+
+    def watch(self) -> StreamWatch:
+        return StreamWatch(self)
+
+
+def json_true(body: bytes, key: bytes) -> bool:
+    """`key` (quoted) appears as a member set to `true`, without parsing the body: request bodies
+    run to megabytes of conversation. A key inside a string value is escaped (`\\"stream\\"`)
+    and so never matches; a nested member of that name would, which only means the answer is
+    relayed as a stream, still delivered correctly."""
+    start = 0
+    for _ in range(len(body)):  # bounded: each pass moves past one occurrence
+        at = body.find(key, start)
+        if at < 0:
+            return False
+        start = at + len(key)
+        if at and body[at - 1] == 0x5C:  # backslash: inside a string
+            continue
+        rest = body[start : start + 16].lstrip()
+        if rest[:1] == b":" and rest[1:].lstrip().startswith(b"true"):
+            return True
+    return False
+
+
+def json_object(data: str) -> dict[str, object] | None:
+    """`data` parsed as a JSON object, or None (a malformed event is no reason to fail a stream)."""
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+class StreamWatch:
+    """Follows one streamed answer: did it end as its dialect says a complete answer ends, did it
+    report an error, has content begun? Fed the raw chunks exactly as they arrive."""
+
+    __slots__ = ("_dialect", "_parser", "content_started", "error", "events", "finished", "terminal")
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._parser = SSEParser()
+        self.events = 0
+        self.content_started = False
+        self.finished = False
+        self.terminal = False
+        #: The first error event's data (shortened), if any.
+        self.error: str | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        for event in self._parser.feed(chunk):
+            self.events += 1
+            kind = self._dialect.classify_event(event)
+            if kind is EventKind.OTHER:
+                continue
+            if kind is EventKind.CONTENT:
+                self.content_started = True
+            elif kind is EventKind.TERMINAL:
+                self.terminal = True
+            elif kind is EventKind.FINISHED:
+                self.finished = True
+                self.content_started = True
+            elif self.error is None:
+                self.error = event.data[:300]
+
+    @property
+    def complete(self) -> bool:
+        """The answer ended as a complete one does (asked only after a clean end of the body)."""
+        return self.terminal or self.finished

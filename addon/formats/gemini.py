@@ -1,0 +1,44 @@
+"""Gemini (`/v1beta/models/{model}:generateContent` / `:streamGenerateContent?alt=sse`): unnamed
+`data:` chunks with no end marker; the last one carries a candidate's `finishReason`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from addon.formats.base import Dialect, EventKind, json_object
+from addon.formats.sse import SSEEvent
+
+_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+@dataclass(frozen=True)
+class Gemini(Dialect):
+    def is_stream_request(self, path: str, body: bytes) -> bool:
+        bare, _, query = path.partition("?")
+        return bare.endswith(":streamGenerateContent") or "alt=sse" in query
+
+    def classify_event(self, event: SSEEvent) -> EventKind:
+        data = event.data
+        if '"error"' in data[:20]:
+            document = json_object(data)
+            if document is not None and "error" in document:
+                return EventKind.ERROR
+        if '"finishReason"' in data:
+            return EventKind.FINISHED
+        if '"text"' in data or '"functionCall"' in data:
+            return EventKind.CONTENT
+        return EventKind.OTHER
+
+    def error_document(self, status: int, message: str) -> dict[str, object]:
+        return {"error": {"code": status, "message": message, "status": _STATUS.get(status, "INTERNAL")}}
+
+
+GEMINI = Gemini("gemini", "gemini", ("/v1beta/models/*", "/v1/models/*"))

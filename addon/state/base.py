@@ -1,0 +1,61 @@
+"""The state backend protocol: what Detour persists, independent of where.
+
+The control plane only ever talks to a `StateBackend`. Writes are fire-and-forget (they must never
+block the proxy's event loop); reads happen once, at `open`. Today's backends are SQLite (one
+process, durable) and memory (tests, or no persistence wanted); docs/DESIGN.md describes how a
+shared backend (e.g. Redis) would let several Detour instances share breaker transitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from addon.breaker import BreakerSnapshot
+
+
+class AttemptRecord(NamedTuple):
+    """One attempt as logged. A NamedTuple: one is built for every request, and it is queued as is."""
+
+    at: float
+    app: str
+    provider: str
+    status: int | None
+    #: `Outcome.value` from addon.classify, e.g. "success", "provider_failure".
+    outcome: str
+    latency_ms: float
+    #: Short error text ("" if none); redacted again by the backend before it is stored.
+    error: str
+
+
+@dataclass(frozen=True)
+class LoadedState:
+    current: dict[str, str]
+    breakers: dict[tuple[str, str], BreakerSnapshot]
+    warnings: tuple[str, ...]
+
+
+class StateBackend(Protocol):
+    def open(self) -> LoadedState:
+        """Load what was persisted and start accepting writes. Never raises."""
+
+    def set_current(self, app: str, provider: str) -> None: ...
+
+    def save_breaker(self, app: str, provider: str, snap: BreakerSnapshot) -> None: ...
+
+    def forget_breaker(self, app: str, provider: str) -> None: ...
+
+    def log_attempt(self, rec: AttemptRecord) -> None: ...
+
+    def set_secrets(self, secrets: Collection[str]) -> None:
+        """The keys to mask in anything stored (error texts)."""
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every write queued so far has been applied; False on timeout."""
+
+    def close(self) -> None: ...
+
+    @property
+    def degraded(self) -> str | None:
+        """Why state is not (fully) persisting, or None when all is well."""

@@ -1,0 +1,96 @@
+"""mitmweb: a routed flow shows, in the flow list itself, who served it and which attempts failed why.
+
+Reads mitmweb's own `/flows` JSON (what its UI renders), from a real mitmweb with Detour on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from harness import free_port, post_json, wait_for_port
+
+pytestmark = pytest.mark.integration
+
+CLIENT_KEY = "client-web-key-0001"
+BACKUP_KEY = "sk-web-backup-SECRET-0002"
+WEB_PASSWORD = "detour-test"  # mitmproxy 12 asks for it; 11 has no such option and ignores it
+
+
+def post_message(port: int) -> int:
+    document = {"model": "claude-x", "max_tokens": 5, "messages": []}
+    return post_json(port, "/v1/messages", document, {"x-api-key": CLIENT_KEY})[0]
+
+
+def web_flows(web_port: int) -> list[dict[str, Any]]:
+    conn = http.client.HTTPConnection("127.0.0.1", web_port, timeout=10)
+    try:
+        conn.request("GET", "/flows", headers={"Authorization": f"Bearer {WEB_PASSWORD}"})
+        response = conn.getresponse()
+        assert response.status == 200, response.status
+        flows: list[dict[str, Any]] = json.loads(response.read())
+        return flows
+    finally:
+        conn.close()
+
+
+def test_flow_list_shows_provider_failed_attempts_and_marker(
+    tmp_path: Path, mock_factory, mitmdump_factory
+) -> None:
+    primary, backup = mock_factory("primary"), mock_factory("backup")
+    config = {
+        "state": "state.db",
+        "switch_min_interval": "0s",
+        "apps": {
+            "claude": {
+                "hosts": ["api.anthropic.com"],
+                "providers": [
+                    {"id": "primary", "base_url": primary.base_url},
+                    {"id": "backup", "base_url": backup.base_url, "api_key": "${DETOUR_WEB_KEY}"},
+                ],
+            }
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port, web_port = free_port(), free_port()
+    web = mitmdump_factory(
+        path,
+        reverse={port: "https://api.anthropic.com"},
+        env={"DETOUR_WEB_KEY": BACKUP_KEY},
+        program="mitmweb",
+        extra_args=["--no-web-open-browser", "--set", f"web_port={web_port}",
+                    "--set", f"web_password={WEB_PASSWORD}"],
+    )  # fmt: skip
+    assert wait_for_port(web_port, timeout=20), web.log_tail()
+
+    assert post_message(port) == 200
+    primary.fault("status", status=529)
+    assert post_message(port) == 200
+
+    flows = web_flows(web_port)
+    routed = [f for f in flows if not f.get("is_replay")]
+    attempts = [f for f in flows if f.get("is_replay")]
+    assert [f["comment"] for f in routed] == [
+        "detour claude: served by primary",
+        "detour claude: served by backup after primary (http 529)",
+    ]
+    assert not routed[0]["marked"]
+    assert routed[1]["marked"]  # the failover stands out in the list
+    # Every attempt is a flow of its own with the provider's real answer, the failed primary too.
+    assert [f["comment"] for f in attempts] == [
+        "attempt 1/2 on primary for claude: failed (http 529)",
+        "attempt 2/2 on backup for claude: ok",
+    ]
+    assert [f["response"]["status_code"] for f in attempts] == [529, 200]
+    assert attempts[0]["marked"] and not attempts[1]["marked"]
+    # What Detour put on a request is shown masked; nothing in the UI's data carries the key.
+    assert ["x-api-key", "***"] in attempts[1]["request"]["headers"]
+    # ...nor the client's own key, which the client flow shows masked too.
+    assert CLIENT_KEY not in json.dumps(flows)
+    assert BACKUP_KEY not in json.dumps(flows)
+    assert backup.received[-1].headers["x-api-key"] == BACKUP_KEY

@@ -1,0 +1,309 @@
+"""The control plane against a real SQLite file and a fake clock: recording, persistence, pins, operations."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fakeclock import FakeClock
+from statedb import recent
+
+from addon.breaker import State
+from addon.classify import Outcome, Verdict
+from addon.control import Control
+from addon.model import App, BreakerPolicy, Config, Provider
+from addon.state import SqliteBackend
+
+Core = Control
+StateStore = SqliteBackend
+
+POLICY = BreakerPolicy(failure_threshold=3, open_for=30.0, success_threshold=2)
+SECRET = "plain-secret-value-42"  # matches no built-in key pattern: only set_secrets can mask it
+FAIL = Verdict(Outcome.PROVIDER_FAILURE, "http 500", 500)
+OK = Verdict(Outcome.SUCCESS, "http 200", 200)
+
+
+def make_config(*ids: str, max_attempts: int = 3, interval: float = 10.0) -> Config:
+    providers = tuple(
+        Provider(
+            id=i,
+            base_url=f"https://{i}.example",
+            api_key=SECRET if i == "backup" else f"key-{i}-abcdef",
+            breaker=POLICY,
+        )
+        for i in ids
+    )
+    app = App(
+        name="claude",
+        hosts=("api.anthropic.com",),
+        providers=providers,
+        paths=("/v1/messages",),
+        max_attempts=max_attempts,
+    )
+    return Config(
+        source=Path("detour.yaml"), state=Path("state.db"), apps=(app,), switch_min_interval=interval
+    )
+
+
+CONFIG = make_config("primary", "backup", "third")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+@pytest.fixture
+def core(db: Path, clock: FakeClock) -> Iterator[Core]:
+    c = Core(CONFIG, clock, StateStore(db))
+    yield c
+    c.close()
+
+
+def attempt(core: Core, provider: str, verdict: Verdict, app: str = "claude"):
+    permit = core.acquire(app, provider)
+    assert permit is not None
+    return core.record(app, provider, permit, verdict, 12.345)
+
+
+def trip(core: Core, provider: str) -> None:
+    for _ in range(POLICY.failure_threshold):
+        attempt(core, provider, FAIL)
+
+
+def saved_breakers(db: Path) -> dict[tuple[str, str], tuple[str, int]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT app, provider, state, consecutive_failures FROM breaker").fetchall()
+    return {(a, p): (s, f) for a, p, s, f in rows}
+
+
+def ids(providers: list[Provider]) -> list[str]:
+    return [p.id for p in providers]
+
+
+def test_failures_open_the_breaker_and_persist_the_snapshot(core: Core, db: Path) -> None:
+    transitions = [attempt(core, "primary", FAIL) for _ in range(3)]
+    assert transitions[:2] == [None, None]
+    assert transitions[2] is not None and transitions[2].after is State.OPEN
+    assert core.store.flush()
+    assert saved_breakers(db)[("claude", "primary")] == ("open", 3)
+
+
+def test_restart_restores_open_circuit_and_current_provider(db: Path, clock: FakeClock) -> None:
+    first = Core(CONFIG, clock, StateStore(db))
+    trip(first, "primary")
+    attempt(first, "backup", OK)
+    assert first.served("claude", "backup", "primary open") is not None
+    first.close()
+
+    clock.advance(5)
+    second = Core(CONFIG, clock, StateStore(db))
+    try:
+        assert second.switches.current("claude") == "backup"
+        assert ids(second.candidates(second.config.apps[0])) == ["backup", "third"]
+        assert second.router.breaker("claude", "primary").state() is State.OPEN
+        clock.advance(POLICY.open_for)
+        assert ids(second.candidates(second.config.apps[0]))[0] == "primary"
+    finally:
+        second.close()
+
+
+def test_switch_event_is_persisted_as_current(core: Core, db: Path) -> None:
+    event = core.served("claude", "third", "failover")
+    assert event is not None and (event.from_provider, event.to_provider) == ("primary", "third")
+    assert core.store.flush()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT provider FROM current_provider WHERE app='claude'").fetchone() == (
+            "third",
+        )
+
+
+def test_fresh_core_adopts_first_provider_as_current(core: Core) -> None:
+    assert core.switches.current("claude") == "primary"
+    assert core.served("claude", "primary", "ok") is None
+
+
+@pytest.mark.parametrize(
+    ("max_attempts", "expected"),
+    [(1, ["primary"]), (2, ["primary", "backup"]), (3, ["primary", "backup", "third"]), (9, None)],
+)
+def test_candidates_respect_max_attempts(
+    db: Path, clock: FakeClock, max_attempts: int, expected: list[str] | None
+) -> None:
+    c = Core(make_config("primary", "backup", "third", max_attempts=max_attempts), clock, StateStore(db))
+    try:
+        got = ids(c.candidates(c.config.apps[0]))
+        assert got == (expected or ["primary", "backup", "third"])
+    finally:
+        c.close()
+
+
+def test_switch_pins_and_unpin_restores_order(db: Path, clock: FakeClock) -> None:
+    c = Core(make_config("primary", "backup", "third", max_attempts=2), clock, StateStore(db))
+    try:
+        app = c.config.apps[0]
+        event = c.pin("claude", "third")
+        assert event is not None and event.manual and event.to_provider == "third"
+        assert ids(c.candidates(app)) == ["third", "primary"]
+        assert c.switches.current("claude") == "third"
+        c.unpin("claude")
+        assert ids(c.candidates(app)) == ["primary", "backup"]
+    finally:
+        c.close()
+
+
+def test_pinned_provider_with_open_circuit_is_not_tried(core: Core) -> None:
+    core.pin("claude", "backup")
+    trip(core, "backup")
+    assert ids(core.candidates(core.config.apps[0])) == ["primary", "third"]
+
+
+def test_reset_closes_and_persists(core: Core, db: Path) -> None:
+    trip(core, "primary")
+    core.reset("claude", "primary")
+    assert core.router.breaker("claude", "primary").state() is State.CLOSED
+    assert ids(core.candidates(core.config.apps[0]))[0] == "primary"
+    assert core.store.flush()
+    assert saved_breakers(db)[("claude", "primary")] == ("closed", 0)
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "message"),
+    [
+        ("pin", ("nope", "primary"), "unknown app 'nope'; known: claude"),
+        (
+            "pin",
+            ("claude", "nope"),
+            "unknown provider 'nope' for app 'claude'; known: primary, backup, third",
+        ),
+        ("reset", ("nope", "primary"), "unknown app 'nope'"),
+        ("reset", ("claude", "nope"), "unknown provider 'nope'"),
+        ("unpin", ("nope",), "unknown app 'nope'"),
+    ],
+)
+def test_unknown_app_or_provider_is_a_clear_value_error(
+    core: Core, op: str, args: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        getattr(core, op)(*args)
+    assert message in str(info.value)
+
+
+def test_status_lines(core: Core, clock: FakeClock) -> None:
+    trip(core, "backup")
+    clock.advance(10)
+    core.pin("claude", "third")
+    assert core.status_lines() == [
+        "claude: current=third (pinned: third)",
+        "  primary: closed failures=0",
+        "  backup: open failures=3 probe in 20.0s",
+        "  third: closed failures=0",
+    ]
+
+
+def test_reconfigure_forgets_removed_provider(core: Core, db: Path, clock: FakeClock) -> None:
+    trip(core, "third")
+    trip(core, "primary")
+    core.pin("claude", "third")
+    assert core.store.flush()
+    assert ("claude", "third") in saved_breakers(db)
+
+    core.reconfigure(make_config("primary", "backup"))
+    assert core.store.flush()
+    assert ("claude", "third") not in saved_breakers(db)
+    with pytest.raises(KeyError):
+        core.router.breaker("claude", "third")
+    # The removed current provider is replaced by the head of the queue; its pin is gone.
+    assert core.switches.current("claude") == "primary"
+    assert core.status_lines()[0] == "claude: current=primary"
+    # Surviving provider keeps its open circuit.
+    assert core.router.breaker("claude", "primary").state() is State.OPEN
+    assert ids(core.candidates(core.config.apps[0])) == ["backup"]
+    # Re-adding the provider later starts from a clean breaker.
+    core.reconfigure(make_config("primary", "backup", "third"))
+    assert core.router.breaker("claude", "third").state() is State.CLOSED
+
+
+def test_reconfigure_updates_switch_interval(core: Core) -> None:
+    core.reconfigure(make_config("primary", "backup", "third", interval=99.0))
+    assert core.switches.min_interval == 99.0
+
+
+def test_attempt_log_never_contains_secrets(core: Core, db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    leaky = Verdict(Outcome.PROVIDER_FAILURE, f"http 401: invalid x-api-key {SECRET}", 401)
+    caplog.set_level(logging.INFO, logger="detour")
+    for _ in range(3):
+        attempt(core, "backup", leaky)
+    attempt(core, "primary", OK)
+    assert core.store.flush()
+    records = recent(db, 10)
+    assert len(records) == 4
+    newest, *failures = records
+    assert newest.outcome == "success" and newest.error == "" and newest.provider == "primary"
+    assert newest.latency_ms == 12.35
+    for rec in failures:
+        assert rec.outcome == "provider_failure" and rec.status == 401
+        assert SECRET not in rec.error
+        assert rec.error == "http 401: invalid x-api-key ***"
+    assert SECRET not in caplog.text
+
+
+def test_explicit_status_overrides_verdict_status(core: Core, db: Path) -> None:
+    permit = core.acquire("claude", "primary")
+    assert permit is not None
+    timeout = Verdict(Outcome.TIMEOUT, "timeout_idle")
+    core.record("claude", "primary", permit, timeout, 1.0, 200)
+    assert core.store.flush()
+    (rec,) = recent(db, 1)
+    assert (rec.status, rec.outcome, rec.error) == (200, "timeout", "timeout_idle")
+
+
+def test_acquire_next_pops_until_a_provider_admits(core: Core, clock: FakeClock) -> None:
+    trip(core, "primary")
+    queue = list(CONFIG.apps[0].providers)
+    picked = core.acquire_next("claude", queue)
+    assert picked is not None and picked[0].id == "backup"
+    assert ids(queue) == ["third"]
+    assert core.acquire_next("claude", []) is None
+
+
+def test_a_provider_removed_by_a_reload_is_skipped_by_a_request_in_flight(core: Core) -> None:
+    queue = list(CONFIG.apps[0].providers)  # taken before the reload
+    core.reconfigure(make_config("backup", "third"))
+    picked = core.acquire_next("claude", queue)
+    assert picked is not None and picked[0].id == "backup"
+
+
+def test_retry_after_is_the_soonest_probe(core: Core, clock: FakeClock) -> None:
+    assert core.retry_after("claude") == 1.0
+    trip(core, "primary")
+    clock.advance(10)
+    assert core.retry_after("claude") == pytest.approx(20.0)
+
+
+def test_status_shows_a_degraded_state_store(tmp_path: Path, clock: FakeClock) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    c = Core(CONFIG, clock, StateStore(blocker / "state.db"))
+    try:
+        assert c.status_lines()[0].startswith("state: degraded (cannot create")
+    finally:
+        c.close()
+
+
+def test_release_frees_a_probe_slot(core: Core, clock: FakeClock) -> None:
+    trip(core, "primary")
+    clock.advance(POLICY.open_for)
+    probe = core.acquire("claude", "primary")
+    assert probe is not None and probe.probe
+    assert core.acquire("claude", "primary") is None
+    core.release("claude", "primary", probe)
+    assert core.acquire("claude", "primary") is not None
