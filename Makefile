@@ -1,4 +1,5 @@
 # Two entry points: `make run` (Detour on config.yaml) and `make test` (the whole suite + lint + types).
+# `make check-fast` is lint, types and the tiers that need no sockets (tests/unit, tests/mitm).
 # Each creates .venv with the interpreter in $(PYTHON) on first use.
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 REVERSE_BASE ?= 8081
 
-.PHONY: run web test lint bench clean
+.PHONY: run web test check-fast lint bench clean
 
 $(BIN)/mitmdump: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,9 @@ lint: $(BIN)/mitmdump
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+check-fast: lint
+	$(BIN)/python -m pytest -q tests/unit tests/mitm
 
 bench: $(BIN)/mitmdump
 	$(BIN)/python bench/run.py

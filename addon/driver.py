@@ -51,9 +51,10 @@ from addon.exchange import (
     Upgrade,
     UpstreamError,
 )
+from addon.http1 import End, Head
 from addon.model import Provider
 from addon.rewrite import ClientRequest, OutboundRequest, for_provider
-from addon.upstream import End, Head, Item, Pool, Upgraded, UpstreamFailure, exchange
+from addon.upstream import Item, Pool, Upgraded, UpstreamFailure, exchange
 
 logger = logging.getLogger("detour")
 
@@ -131,6 +132,15 @@ class Channel:
             self._writable.clear()
             await self._writable.wait()
         self.push(item)
+
+    def get_nowait(self) -> Event | None:
+        """The next event if one is waiting (the common case: a socket read yields several)."""
+        if not self._items:
+            return None
+        item = self._items.popleft()
+        if len(self._items) < self._limit:
+            self._writable.set()
+        return item
 
     async def get(self) -> Event:
         while not self._items:
@@ -224,6 +234,9 @@ class _Run:
         raise AssertionError("unreachable")
 
     async def next_event(self) -> Event:
+        waiting = self.channel.get_nowait()
+        if waiting is not None:
+            return waiting
         deadline = self.ex.deadline()
         if deadline is None:
             return await self.channel.get()
@@ -304,7 +317,7 @@ class _Run:
         self.channel = Channel()
         if self.gone:
             self.channel.push(ClientGone(self.d.clock()))
-        outbound = for_provider(self.request, action.attempt.provider)
+        outbound = for_provider(self.request, action.attempt.provider, upgrade)
         self.outbound[action.attempt.number] = outbound
         self.started_wall[action.attempt.number] = self.d.wall()
         self.reader = asyncio.ensure_future(self.read(self.channel, outbound, upgrade))

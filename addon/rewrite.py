@@ -107,12 +107,15 @@ def parse_target(base_url: str) -> Target:
     return found
 
 
-def for_provider(request: ClientRequest, provider: Provider) -> OutboundRequest:
-    """`request` as `provider` must get it: its URL, its credentials (or the client's), its model."""
+def for_provider(request: ClientRequest, provider: Provider, upgrade: bool = False) -> OutboundRequest:
+    """`request` as `provider` must get it: its URL, its credentials (or the client's), its model.
+    For a WebSocket handshake (`upgrade`) the handshake's own fields travel too."""
     target = parse_target(provider.base_url)
     owns = provider.owns_credentials
     connection_tokens = _connection_tokens(request.headers)
     fields: Fields = [(b"host", target.authority.encode())]
+    if upgrade:
+        fields += [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]
     for name, value in request.headers:
         if name in HOP_BY_HOP or name in connection_tokens or name[:1] == b":":
             continue

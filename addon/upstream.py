@@ -6,9 +6,9 @@ every workaround for that (rerouting a shared HTTP/2 connection, feeding a synth
 half-read response) broke something. Here each attempt has a connection of its own for as long as
 it runs, so nothing done to it can touch another request, and a failure anywhere is just an event.
 
-h11 (a dependency of mitmproxy itself) does the HTTP parsing; it also refuses to send a header value
-with a CR or LF in it. Connections are kept alive per provider address, so a remote provider costs
-one TCP and TLS handshake per connection, not per request.
+`http1.py` writes the requests and parses the answers (it refuses to send a field with a CR or LF
+in it). Connections are kept alive per provider address, so a remote provider costs one TCP and TLS
+handshake per connection, not per request.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import h11
-
 from addon.classify import ErrorKind
+from addon.http1 import End, Head, ProtocolError, ResponseParser, encode_request
 from addon.rewrite import OutboundRequest, Target
 
 #: Idle connections kept per provider address.
@@ -33,8 +32,6 @@ MAX_IDLE_PER_TARGET = 16
 IDLE_FOR = 30.0
 #: Bytes read from a socket at once.
 READ_SIZE = 65536
-#: The largest response head accepted.
-MAX_HEAD = 64 * 1024
 
 
 class UpstreamFailure(Exception):
@@ -48,15 +45,6 @@ class UpstreamFailure(Exception):
 
 class _Stale(Exception):
     """A reused keep-alive connection turned out closed before answering: retry on a fresh one."""
-
-
-class Head(NamedTuple):
-    status: int
-    headers: tuple[tuple[bytes, bytes], ...]
-
-
-class End(NamedTuple):
-    pass
 
 
 class Upgraded(NamedTuple):
@@ -100,76 +88,61 @@ class Connection:
         self.target = target
         self.reader = reader
         self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.reused = False
         self.idle_since = 0.0
+        self._parser: ResponseParser | None = None
 
     @property
     def reusable(self) -> bool:
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        return self._parser is not None and self._parser.reusable
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.transport.abort()
 
-    async def send(self, request: OutboundRequest) -> None:
-        h = self.h11
+    async def send(self, request: OutboundRequest, upgrade: bool = False) -> None:
         try:
-            head = h11.Request(method=request.method, target=request.path, headers=list(request.headers))
-            data = h.send(head)
-            if request.body:
-                data = (data or b"") + (h.send(h11.Data(data=request.body)) or b"")
-            data = (data or b"") + (h.send(h11.EndOfMessage()) or b"")
-        except h11.LocalProtocolError as e:
+            data = encode_request(request.method, request.path, request.headers, request.body)
+        except ProtocolError as e:
             raise UpstreamFailure(ErrorKind.CONNECT, f"request not sendable: {e}") from None
+        self._parser = ResponseParser(request.method, upgrade)
         try:
-            self.writer.write(data or b"")
+            self.writer.write(data)
             await self.writer.drain()
         except OSError as e:
             if self.reused:
                 raise _Stale() from None
             raise UpstreamFailure(ErrorKind.RESET, _why(e)) from None
 
-    async def receive(self, upgrade: bool = False) -> AsyncIterator[Item]:
+    async def receive(self) -> AsyncIterator[Item]:
         """The answer as a `Head`, its body's chunks, and `End`; interim 1xx answers are skipped
-        (for a WebSocket handshake, `upgrade`, a 101 is the head)."""
-        h = self.h11
+        (for a WebSocket handshake, a 101 is the head, followed by the connection as `Upgraded`)."""
+        parser = self._parser
+        assert parser is not None, "send first"
         answered = False
         for _ in range(1 << 40):  # bounded by the stream itself; the driver's deadlines bound the time
             try:
-                event = h.next_event()
-            except h11.RemoteProtocolError as e:
+                chunk = await self.reader.read(READ_SIZE)
+            except OSError as e:
+                if self.reused and not answered:
+                    raise _Stale() from None
+                raise UpstreamFailure(ErrorKind.RESET, _why(e)) from None
+            if not chunk and self.reused and not answered:
+                raise _Stale()
+            answered = answered or bool(chunk)
+            try:
+                items = parser.feed(chunk)
+            except ProtocolError as e:
                 raise UpstreamFailure(ErrorKind.RESET, f"bad response: {e}") from None
-            if event is h11.NEED_DATA:
-                try:
-                    chunk = await self.reader.read(READ_SIZE)
-                except OSError as e:
-                    if self.reused and not answered:
-                        raise _Stale() from None
-                    raise UpstreamFailure(ErrorKind.RESET, _why(e)) from None
-                if not chunk and self.reused and not answered:
-                    raise _Stale()
-                answered = answered or bool(chunk)
-                h.receive_data(chunk)
-                continue
-            if isinstance(event, h11.InformationalResponse):
-                if upgrade and event.status_code == 101:
-                    yield Head(101, tuple(event.headers))
-                    early, _ = h.trailing_data
-                    yield Upgraded(self.reader, self.writer, bytes(early))
+            for item in items:
+                yield item
+                if isinstance(item, Head) and item.status == 101:
+                    yield Upgraded(self.reader, self.writer, parser.trailing)
                     return
-                continue
-            if isinstance(event, h11.Response):
-                yield Head(event.status_code, tuple(event.headers))
-            elif isinstance(event, h11.Data):
-                yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                yield End()
+            if parser.done:
                 return
-            elif isinstance(event, h11.ConnectionClosed):
+            if not chunk:  # EOF the parser accepted without ending the answer: it raised above
                 raise UpstreamFailure(ErrorKind.RESET, "connection closed before the answer ended")
-            else:  # PAUSED: only after an upgrade, which returned above
-                raise UpstreamFailure(ErrorKind.RESET, f"unexpected {type(event).__name__}")
 
 
 class Pool:
@@ -216,7 +189,6 @@ class Pool:
         if not conn.reusable or conn.reader.at_eof():
             conn.close()
             return
-        conn.h11.start_next_cycle()
         conn.idle_since = time.monotonic()
         idle = self._idle.setdefault(conn.target, deque())
         idle.append(conn)
@@ -256,10 +228,10 @@ async def exchange(pool: Pool, request: OutboundRequest, upgrade: bool = False) 
         try:
             if not conn.reused or fresh:
                 yield None
-            await conn.send(request)
+            await conn.send(request, upgrade)
             if conn.reused and not fresh:
                 yield None
-            async for item in conn.receive(upgrade):
+            async for item in conn.receive():
                 handed_over = isinstance(item, Upgraded)
                 yield item
             done = True

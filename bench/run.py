@@ -1,6 +1,6 @@
 """Detour benchmark: proxy overhead, failover cost, streaming, memory and decision cost in one run.
 
-    python bench/run.py [--quick] [--out FRAGMENT.md] [--profile PROFILE.out]
+    python bench/run.py [--quick] [--out FRAGMENT.md] [--profile PROFILE.out] [--baseline REV]
 
 Uses the `mitmdump` next to `sys.executable`. Everything listens on 127.0.0.1, every process it starts
 is stopped at the end, and every loop is bounded in count and in time. With `taskset` available (or
@@ -9,13 +9,18 @@ providers on CPU 1.
 
 Sections
   1. throughput/latency: (a) direct to the mock, (b) mitmdump + bench/noop_rewrite.py, (c) mitmdump +
-     Detour with one healthy provider, (d) Detour with a 3-provider queue whose primary circuit is open;
-     1 and 10 keep-alive connections, closed loop, runs interleaved a,b,c,d,a,b,c,d,...
+     Detour with one healthy provider, (d) Detour with a 3-provider queue whose primary circuit is open,
+     and with --baseline REV (e) Detour as of git revision REV with one healthy provider;
+     1 and 10 keep-alive connections, closed loop, runs interleaved a,b,c,d,e,a,b,c,d,e,...
   2. failover cost: primary answers 500 / 529 / refuses / hangs (first_byte timeout), backup healthy;
      then, once the breaker is open, attempts on the primary and latency vs (c)
   3. streaming: SSE events every 50 ms, direct vs through Detour (TTFB, event arrival times)
   4. memory: peak RSS (VmHWM) of mitmdump + Detour vs mitmdump + no-op after N requests
-  5. decision cost: Router.select_providers + acquire + record_result, and the Core equivalents, in µs
+  5. decision cost: Router.select_providers + acquire + record_result, the Control equivalents, and
+     one Exchange driven through a whole failover, in µs
+
+The mock providers are the test suite's (`tests/support/mockprovider.py`, run as a process) and the
+configs come from its config builder (`tests/support/configs.py`).
 """
 
 from __future__ import annotations
@@ -42,14 +47,18 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DETOUR_SCRIPT = REPO / "addon" / "detour.py"
 NOOP_SCRIPT = BENCH / "noop_rewrite.py"
-MOCK_SCRIPT = BENCH / "mock.py"
+MOCK_SCRIPT = REPO / "tests" / "support" / "mockprovider.py"
+sys.path.insert(0, str(MOCK_SCRIPT.parent))
+import configs  # noqa: E402  (tests/support: the one config builder)
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 RUN_TIMEOUT = 180.0  # one load-generator run
 CONTROL = "b' mitmdump+noop, A/A"
-HANG_CONNECT = 0.25  # section 2: timeouts.connect; the shell's first-byte deadline is connect + first_byte
+BASELINE = "e Detour@baseline 1 provider"
+HANG_CONNECT = 0.25  # section 2: timeouts.connect
 HANG_FIRST_BYTE = 1.0
+SSE_EVENTS = 8  # the mock's Anthropic stream, paced 50 ms apart
 
 BODY = json.dumps(
     {"model": "claude-bench", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
@@ -118,7 +127,8 @@ class Procs:
 
     def spawn(self, argv: list[str], name: str, **kw: object) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(argv, stdout=kw.pop("stdout", log), stderr=log, **kw)  # type: ignore[call-overload]
+        stdin = kw.pop("stdin", subprocess.PIPE)  # every child exits when this process does
+        proc = subprocess.Popen(argv, stdout=kw.pop("stdout", log), stderr=log, stdin=stdin, **kw)  # type: ignore[call-overload]
         self.procs.append(proc)
         return proc
 
@@ -151,7 +161,7 @@ def start_mock(procs: Procs, listeners: dict[str, str], cpu: int | None) -> Mock
     """One mock process serving `listeners` ({name: kind}) on fresh ports."""
     ports = {name: free_port() for name in listeners}
     argv = [sys.executable, str(MOCK_SCRIPT), *(f"{kind}:{ports[n]}" for n, kind in listeners.items())]
-    proc = procs.spawn(pinned(argv, cpu), "mock", stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = procs.spawn(pinned(argv, cpu), "mock", stdout=subprocess.PIPE)
     assert proc.stdout is not None
     line = proc.stdout.readline()  # bounded by the mock's own startup; it prints "ready" or exits
     if line.strip() != b"ready":
@@ -189,7 +199,9 @@ def start_proxy(
 ) -> Proxy:
     port = free_port()
     argv = pinned((prefix or []) + mitmdump_argv(script, port, confdir, sets), cpu)
-    proc = procs.spawn(argv, name)
+    # A baseline checkout's package must win over the installed (editable) one.
+    env = dict(os.environ, PYTHONPATH=str(script.parent.parent))
+    proc = procs.spawn(argv, name, env=env)
     if not wait_for_port(port, START_TIMEOUT):
         procs.stop(proc)
         log = (procs.workdir / f"{name}.log").read_text(errors="replace")[-2000:]
@@ -197,24 +209,20 @@ def start_proxy(
     return Proxy(name, port, proc)
 
 
-def detour_config(workdir: Path, name: str, providers: list[tuple[str, str]], **over: str) -> Path:
+def detour_config(
+    workdir: Path, name: str, providers: list[tuple[str, str]], breaker: dict[str, object] | None = None,
+    timeouts: dict[str, object] | None = None,
+) -> Path:
     """A config file for one app `claude` on api.anthropic.com with `providers` [(id, base_url)]."""
-    breaker = over.get("breaker", "{failure_threshold: 3, open_for: 10m, max_open_for: 1h}")
-    timeouts = over.get("timeouts", "{connect: 1s, first_byte: 2s, idle: 5s}")
-    lines = [
-        f"state: {name}.db",
-        f"breaker: {breaker}",
-        f"timeouts: {timeouts}",
-        "apps:",
-        "  claude:",
-        "    hosts: [api.anthropic.com]",
-        "    providers:",
-    ]
-    for pid, url in providers:
-        lines += [f"      - id: {pid}", f"        base_url: {url}"]
-    path = workdir / f"{name}.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    queue = [configs.provider(pid, url) for pid, url in providers]
+    document = configs.config(
+        {"claude": configs.app("api.anthropic.com", queue)},
+        state=f"{name}.db",
+        breaker=breaker or {"failure_threshold": 3, "open_for": "10m", "max_open_for": "1h"},
+        timeouts=timeouts or {"connect": "1s", "first_byte": "2s", "idle": "5s"},
+        switch_min_interval="10s",
+    )
+    return configs.write(workdir / f"{name}.yaml", document)
 
 
 # --- HTTP client ------------------------------------------------------------------------------
@@ -415,6 +423,25 @@ class Bench:
         self.proxy_cpu, self.load_cpu = cpus()
         self.out: list[str] = []
         self.c_p50: dict[int, float] = {}
+        #: Detour as of `--baseline REV` (a worktree in the run's temporary folder), for side-by-side rows.
+        self.baseline: Path | None = None
+        if args.baseline:
+            tree = workdir / "baseline"
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(tree),
+                            args.baseline], check=True)
+            self.baseline = tree / "addon" / "detour.py"
+
+    def close(self) -> None:
+        if self.baseline is not None:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                            str(self.baseline.parent.parent)], check=False)
+
+    def scripts(self) -> list[tuple[str, Path]]:
+        """(label, script) of each Detour measured: this tree, and the baseline revision if asked."""
+        pairs = [("Detour", DETOUR_SCRIPT)]
+        if self.baseline is not None:
+            pairs.append((f"Detour@{self.args.baseline}", self.baseline))
+        return pairs
 
     def emit(self, text: str = "") -> None:
         print(text, flush=True)
@@ -444,7 +471,10 @@ class Bench:
         opens = twice("d_open", DETOUR_SCRIPT, lambda name: {"detour_config": str(detour_config(
             self.workdir, name, [("primary", mock.url("fail")), ("backup", mock.url("b2")),
                                  ("third", mock.url("b3"))]))})
+        bases = twice("e_base", self.baseline, lambda name: {"detour_config": str(
+            detour_config(self.workdir, name, [("primary", mock.url("ok"))]))}) if self.baseline else []
         self.det = dets[0]
+        self.base = bases[0] if bases else None
         self.noop = noops[0]
         # (d): fail the primary until its circuit opens (threshold 3), then check it gets nothing more.
         warm = [load(opn.port, 1, 10) for opn in opens]
@@ -453,6 +483,8 @@ class Bench:
                    CONTROL: [p.port for p in controls],
                    "c Detour 1 provider": [p.port for p in dets],
                    "d Detour primary open": [p.port for p in opens]}
+        if bases:
+            targets[BASELINE] = [p.port for p in bases]
         for ports in targets.values():  # warm-up: connections, caches, first tcp probe
             for port in ports:
                 load(port, 10, 200)
@@ -511,6 +543,19 @@ class Bench:
         self.emit(table(["conns", "c/b req/s", "d/b req/s", "c-b p50 ms", "d-b p50 ms", "c-b p99 ms",
                          "b'/b req/s (noise)", "b'-b p50 ms (noise)", "b-a p50 ms (mitmproxy itself)"], rows))
         self.emit()
+        if bases:
+            base_rows = []
+            for conns in (1, 10):
+                b = summary[("b mitmdump+noop", conns)]
+                e = summary[(BASELINE, conns)]
+                c = summary[("c Detour 1 provider", conns)]
+                base_rows.append([str(conns), f"{paired(BASELINE, conns):.3f}",
+                                  f"{paired('c Detour 1 provider', conns):.3f}",
+                                  f"{c[0] / e[0]:.3f}", f"{e[1] - b[1]:+.3f}", f"{c[1] - b[1]:+.3f}"])
+            self.emit(f"Baseline (e) is Detour at `{self.args.baseline}`, side by side in the same rounds:\n")
+            heads = ["conns", "e/b req/s", "c/b req/s", "c/e req/s", "e-b p50 ms", "c-b p50 ms"]
+            self.emit(table(heads, base_rows))
+            self.emit()
         # The p50 target is per-request latency, read at 1 connection; at 10 connections p50 is queueing
         # (about conns / throughput), already covered by the throughput ratio.
         ok = all(float(r[1]) >= 0.95 for r in rows) and float(rows[0][3]) <= 0.5
@@ -519,7 +564,7 @@ class Bench:
                   f"(d) warm-up statuses {[w.statuses for w in warm]}; requests reaching the open primary "
                   f"during "
                   f"the measured runs: **{primary_hits}**.\n")
-        self.stop_extra = [*noops[1:], *controls, *dets[1:], *opens]
+        self.stop_extra = [*noops[1:], *controls, *dets[1:], *opens, *bases[1:]]
 
     # 2 ---------------------------------------------------------------------------------------
     def failover(self) -> None:
@@ -539,22 +584,25 @@ class Bench:
         ]
         rows = []
         open_rows = []
-        for kind, url, port, k in kinds:
+        for (label, script), (kind, url, port, k) in [(sc, kd) for kd in kinds for sc in self.scripts()]:
             # The breaker opens on failure k+1 (consecutive failures); the error-rate rule is kept out of
             # the way by min_requests, so the first k requests all really fail over.
-            breaker = f"{{failure_threshold: {k + 1}, min_requests: 100000, open_for: 10m, max_open_for: 1h}}"
-            timeouts = f"{{connect: {HANG_CONNECT:g}s, first_byte: {HANG_FIRST_BYTE:g}s, idle: 5s}}"
-            name = "f_" + kind.split()[0]
+            breaker = {"failure_threshold": k + 1, "min_requests": 100000, "open_for": "10m",
+                       "max_open_for": "1h"}
+            timeouts = {"connect": f"{HANG_CONNECT:g}s", "first_byte": f"{HANG_FIRST_BYTE:g}s", "idle": "5s"}
+            name = "f_" + kind.split()[0] + ("_base" if script != DETOUR_SCRIPT else "")
             cfg = detour_config(self.workdir, name, [("primary", url), ("backup", extra.url("backup"))],
                                 breaker=breaker, timeouts=timeouts)
-            px = start_proxy(self.procs, name, DETOUR_SCRIPT, {"detour_config": str(cfg)}, self.confdir,
+            px = start_proxy(self.procs, name, script, {"detour_config": str(cfg)}, self.confdir,
                              self.proxy_cpu)
             try:
                 # own time of the failed attempt, measured directly
                 if kind == "refused":
                     own = ms(pct(connect_refused_time(refused, 50), 50))
                 elif kind.startswith("hang"):
-                    own = (HANG_CONNECT + HANG_FIRST_BYTE) * 1000.0
+                    # This tree counts first_byte from the established connection; the round-1
+                    # baseline counted connect + first_byte from the start.
+                    own = (HANG_FIRST_BYTE + (HANG_CONNECT if script != DETOUR_SCRIPT else 0.0)) * 1000.0
                 else:
                     own = ms(pct(load(port, 1, 100).latencies, 50))
                 before = mock_count(port) if port else 0
@@ -562,7 +610,7 @@ class Bench:
                 hits = (mock_count(port) - before) if port else None
                 total = ms(pct(res.latencies, 50))
                 attempts_ok = res.statuses.get(200, 0)
-                rows.append([kind, str(k), f"{total:.2f}", f"{own:.2f}", f"{bd:.3f}",
+                rows.append([label, kind, str(k), f"{total:.2f}", f"{own:.2f}", f"{bd:.3f}",
                              f"{total - own - bd:+.2f}", f"{total - own - self.c_p50[1]:+.2f}",
                              f"{attempts_ok}/{k}", "-" if hits is None else str(hits)])
                 # open the breaker with one more failure, then measure with it open
@@ -571,7 +619,7 @@ class Bench:
                 res = load(px.port, 1, after_open)
                 hits = (mock_count(port) - before) if port else None
                 p50 = ms(pct(res.latencies, 50))
-                open_rows.append([kind, str(after_open),
+                open_rows.append([label, kind, str(after_open),
                                   "n/a (nothing listens)" if hits is None else str(hits),
                                   f"{p50:.3f}", f"{self.c_p50[1]:.3f}", f"{p50 - self.c_p50[1]:+.3f}",
                                   f"{res.statuses}"])
@@ -581,15 +629,15 @@ class Bench:
         self.emit("### 2. Failover cost (1 connection, sequential; p50)\n")
         self.emit(f"Primary fails, backup healthy. `own` = the failed attempt's own time measured directly "
                   f"(a 500/529 answer from the mock, a refused connect, or the configured first-byte "
-                  f"deadline "
-                  f"connect+first_byte = {HANG_CONNECT + HANG_FIRST_BYTE:g}s for the hang). "
+                  f"deadline for the hang: first_byte = {HANG_FIRST_BYTE:g}s after the connection, or "
+                  f"connect+first_byte = {HANG_CONNECT + HANG_FIRST_BYTE:g}s for the round-1 baseline). "
                   f"`added` = total - own - backup direct; `added vs c` = total - own - (c) p50.\n")
-        self.emit(table(["primary", "n", "total ms", "own ms", "backup direct ms", "added ms",
+        self.emit(table(["detour", "primary", "n", "total ms", "own ms", "backup direct ms", "added ms",
                          "added vs c ms", "200s", "primary hits"], rows))
         self.emit()
         self.emit("Breaker open (after one more failure):\n")
-        self.emit(table(["primary", "n", "attempts on primary", "p50 ms", "(c) p50 ms", "delta ms",
-                         "statuses"], open_rows))
+        self.emit(table(["detour", "primary", "n", "attempts on primary", "p50 ms", "(c) p50 ms",
+                         "delta ms", "statuses"], open_rows))
         self.emit()
 
     # 3 ---------------------------------------------------------------------------------------
@@ -598,10 +646,13 @@ class Bench:
         direct: list[tuple[float, list[float], int]] = []
         plain: list[tuple[float, list[float], int]] = []
         proxied: list[tuple[float, list[float], int]] = []
+        based: list[tuple[float, list[float], int]] = []
         for _ in range(n):  # alternate
             direct += stream_samples(self.mock.ports["ok"], 1)
             plain += stream_samples(self.noop.port, 1)
             proxied += stream_samples(self.det.port, 1)
+            if self.base is not None:
+                based += stream_samples(self.base.port, 1)
 
         def summarize(samples: list[tuple[float, list[float], int]]) -> dict[str, float]:
             heads = [s[0] for s in samples]
@@ -626,11 +677,13 @@ class Bench:
                               - statistics.median(s[1][i] for s in base) - shift) for i in range(count)))
 
         d, b, p = summarize(direct), summarize(plain), summarize(proxied)
-        self.emit(f"### 3. Streaming (SSE, 10 events 50 ms apart, {n} streams each, medians)\n")
+        arms = [("a direct", d), ("b mitmdump+noop (streaming)", b), ("c Detour", p)]
+        if based:
+            arms.append((f"e Detour@{self.args.baseline}", summarize(based)))
+        self.emit(f"### 3. Streaming (SSE, {SSE_EVENTS} events 50 ms apart, {n} streams each, medians)\n")
         rows = [[name, f"{s['ttfb']:.2f}", f"{s['first']:.2f}", f"{s['last']:.2f}", f"{s['gap_p50']:.2f}",
                  f"{s['gap_dev']:.2f}", str(s["events"])]
-                for name, s in (("a direct", d), ("b mitmdump+noop (streaming)", b),
-                                                         ("c Detour", p))]
+                for name, s in arms]
         self.emit(table(["path", "TTFB (headers) ms", "1st event ms", "last event ms", "gap p50 ms",
                          "max |gap-50ms| ms", "events"], rows))
         self.emit()
@@ -640,7 +693,8 @@ class Bench:
                   f"**{per_event_dev(direct):.2f} ms**. Detour vs plain mitmdump: TTFB delta "
                   f"**{p['ttfb'] - b['ttfb']:+.2f} ms**, max per-event deviation "
                   f"{per_event_dev(plain):.2f} ms. "
-                  f"Statuses {sorted(statuses)}. Events arrive as sent (last event ≈ first + 450 ms), "
+                  f"Statuses {sorted(statuses)}. Events arrive as sent (last event ≈ first + "
+                  f"{(SSE_EVENTS - 1) * 50} ms), "
                   f"not at the end.\n")
 
     # 4 ---------------------------------------------------------------------------------------
@@ -673,13 +727,12 @@ class Bench:
 
     # 5 ---------------------------------------------------------------------------------------
     def decision(self) -> None:
-        from addon.core import Core
-        from addon.store import StateStore
-
         from addon.breaker import State
         from addon.classify import Outcome, Verdict
+        from addon.control import Control
         from addon.model import App, Config, Provider
         from addon.router import Router
+        from addon.state import SqliteBackend
 
         iterations = 20_000 if self.quick else 100_000
         providers = tuple(Provider(f"p{i}", f"http://127.0.0.1:{9000 + i}") for i in range(3))
@@ -718,8 +771,8 @@ class Bench:
         assert opened.breaker("claude", "p0").state() is State.OPEN
         timed("Router: same, primary circuit open", router_loop(opened))
 
-        store = StateStore(self.workdir / "micro.db")
-        core = Core(config, time.time, store)
+        store = SqliteBackend(self.workdir / "micro.db")
+        core = Control(config, time.time, store)
         try:
             def core_run(k: int) -> None:
                 for _ in range(k):
@@ -728,7 +781,9 @@ class Bench:
                     assert permit is not None
                     core.record("claude", p.id, permit, ok, 1.0, 200)
                     core.served("claude", p.id, "recovered")
-            timed("Core: candidates+acquire+record+served (incl. attempt-log enqueue)", core_run, reps=3)
+            timed("Control: candidates+acquire+record+served (incl. attempt-log enqueue)", core_run, reps=3)
+            timed("Exchange: one failover, 529 then 200 (events in, actions out)",
+                  exchange_loop(app, providers), reps=3)
         finally:
             core.close()
         self.emit(f"### 5. Decision cost (in-process, best of runs, {iterations} iterations)\n")
@@ -760,6 +815,29 @@ class Bench:
         path.with_suffix(".txt").write_text(buf.getvalue())
 
 
+def exchange_loop(app: object, providers: tuple[object, ...]) -> Callable[[int], None]:
+    """The decision cost of a whole failover: one Exchange driven through a 529 and a 200."""
+    from addon.breaker import Permit
+    from addon.exchange import BodyData, BodyEnd, Connected, Delivery, Exchange, Picked, ResponseHead, Start
+    from addon.formats import DIALECTS
+
+    permit = Permit(0, probe=False)
+    json_head = ((b"content-type", b"application/json"),)
+
+    def run(k: int) -> None:
+        for _ in range(k):
+            ex = Exchange(app, DIALECTS["anthropic"], Delivery.WHOLE, list(providers))  # type: ignore[arg-type]
+            ex.handle(Start(0.0))
+            for status in (529, 200):
+                ex.handle(Picked(ex.queue.pop(0), permit, 0.0))  # type: ignore[arg-type]
+                ex.handle(Connected(0.0))
+                ex.handle(ResponseHead(status, json_head, 0.0, 0.0))
+                ex.handle(BodyData(b"{}", 0.0))
+                ex.handle(BodyEnd(0.0))
+
+    return run
+
+
 def machine(proxy_cpu: int | None, load_cpu: int | None) -> list[str]:
     model = "?"
     with contextlib.suppress(OSError):
@@ -785,6 +863,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="also write the results as a Markdown fragment here")
     parser.add_argument("--profile", type=Path, help="also cProfile mitmdump+Detour under load, write here")
     parser.add_argument("--only", default="12345", help="sections to run, e.g. 125 (default all)")
+    parser.add_argument("--baseline", help="also measure Detour as of this git revision, side by side")
     args = parser.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="detour-bench-") as tmp:
@@ -809,6 +888,7 @@ def main() -> int:
                 bench.profile(args.profile.resolve())
         finally:
             bench.procs.stop_all()
+            bench.close()
         bench.emit(f"_Total bench time {time.monotonic() - started:.0f} s._")
         if args.out:
             args.out.write_text("\n".join(bench.out) + "\n")

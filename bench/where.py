@@ -49,8 +49,7 @@ class HookTimesOut:
 addons = [Timed(), HookTimesOut()]
 '''
 
-DETOUR_HOOKS = ("requestheaders", "request", "responseheaders", "response", "error", "server_connect",
-                "server_connected")
+DETOUR_HOOKS = ("requestheaders", "request", "responseheaders", "response", "error")
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -83,7 +82,7 @@ def main() -> int:
             shims = {
                 "b": (B.BENCH, "noop_rewrite", "NoopRewrite", ("request", "responseheaders"),
                       {"noop_target": mock.url("ok")}),
-                "c": (B.REPO, "addon.shell", "Detour", DETOUR_HOOKS, {"detour_config": str(
+                "c": (B.REPO, "addon.mitm.addon", "Detour", DETOUR_HOOKS, {"detour_config": str(
                     B.detour_config(work, "c", [("primary", mock.url("ok"))]))}),
             }
             proxies = {}

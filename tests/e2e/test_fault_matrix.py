@@ -82,6 +82,8 @@ class Cell:
 
 
 FAILOVER = ("ok:backup",)
+#: The app `api` (family) each request dialect of the matrix belongs to.
+FAMILY = {"anthropic": "anthropic", "openai": "openai", "responses": "openai"}
 FAULTS: list[tuple[str, tuple[str, ...], tuple[str, ...], int | None, int | None]] = [
     # fault, expected (stream), expected (non-stream), primary hits, backup hits
     ("500", FAILOVER, FAILOVER, 1, 1),
@@ -113,7 +115,7 @@ FAULTS: list[tuple[str, tuple[str, ...], tuple[str, ...], int | None, int | None
 CELLS = [
     Cell(fault, api, stream, exp_s if stream else exp_j, ph, bh)
     for fault, exp_s, exp_j, ph, bh in FAULTS
-    for api in ("anthropic", "openai")
+    for api in APIS
     for stream in (True, False)
 ]
 
@@ -176,10 +178,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             m.start()
         p, b, bp, bb = mocks
         pair = configs.keyed_pair(p.base_url, b.base_url)
-        apps = {f"c{i}": configs.app(cell_host(i), pair, c.api) for i, c in enumerate(CELLS)}
+        apps = {f"c{i}": configs.app(cell_host(i), pair, FAMILY[c.api]) for i, c in enumerate(CELLS)}
         apps["brk"] = configs.app("brk.cells.test", configs.keyed_pair(bp.base_url, bb.base_url), "anthropic")
         for api in APIS:
-            apps[f"cut{api}"] = configs.app(f"cut-{api}.cells.test", pair, api)
+            apps[f"cut{api}"] = configs.app(f"cut-{api}.cells.test", pair, FAMILY[api])
         cfg = configs.write(tmp / "config.yaml", matrix_config(apps))
         md = Mitmdump.start(cfg, regular_port=free_port(), confdir=tmp / "conf", env=KEY_ENV,
                             extra_args=["--set", "termlog_verbosity=debug"])

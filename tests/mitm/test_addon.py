@@ -21,9 +21,10 @@ from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
 from addon.classify import ErrorKind
+from addon.http1 import End, Head
 from addon.mitm.addon import Detour
 from addon.rewrite import OutboundRequest
-from addon.upstream import End, Head, Item, Pool, UpstreamFailure
+from addon.upstream import Item, Pool, UpstreamFailure
 
 BACKUP_VAR = "DETOUR_MITM_TEST_BACKUP_KEY"
 BACKUP_KEY = "sk-mitm-backup-SECRET"

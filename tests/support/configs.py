@@ -19,6 +19,7 @@ KEY_B = "sk-backup-KEY-2b8e4d6a0c"
 CLIENT_KEY = "sk-client-KEY-9d1c3b5a7e"
 SECRETS = (KEY_P, KEY_B, CLIENT_KEY)
 KEY_ENV = {"DETOUR_T_KEY_P": KEY_P, "DETOUR_T_KEY_B": KEY_B}
+PRIMARY_KEY_ENV, BACKUP_KEY_ENV = "DETOUR_T_KEY_P", "DETOUR_T_KEY_B"
 
 
 def provider(pid: str, base_url: str, key_env: str | None = None, **extra: Any) -> dict[str, Any]:

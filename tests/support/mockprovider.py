@@ -6,6 +6,12 @@ event loop, so both sync tests and async tests (on their own loop) can talk to i
 Endpoints
     ``POST /v1/messages``           Anthropic Messages API (JSON, or SSE when ``"stream": true``)
     ``POST /v1/chat/completions``   OpenAI Chat Completions API (JSON, or SSE when ``"stream": true``)
+    ``POST /v1/responses``          OpenAI Responses API (JSON, or SSE ending with ``response.completed``
+                                    and no ``[DONE]`` when ``"stream": true``)
+    ``GET /v1/responses``           with ``Upgrade: websocket``: Codex's WebSocket transport; each
+                                    ``response.create`` text message is answered with the Responses
+                                    events as text messages (``MockProvider(name, websocket=False)``
+                                    answers the handshake 404, like a provider without it)
     anything else                   200 ``{"side": true, "provider": name, "path": path}``
 
 The answer text is ``"hello from {name}"`` and every response carries ``x-mock-provider: {name}``.
@@ -27,6 +33,14 @@ The SSE-only faults on a non-streaming request: ``sse_cut``/``sse_stall`` send t
 half the JSON body, then cut/stall; ``sse_error``/``sse_malformed``/``slow_stream`` answer normally.
 
 Every request is recorded before its fault is applied (``refuse``: nothing is received at all).
+``GET /__count`` answers ``{"count": N}``, the number of requests recorded so far (itself excluded).
+
+As a process, for the benchmark (one mock for tests and bench)::
+
+    python tests/support/mockprovider.py KIND:PORT [KIND:PORT ...]
+
+KIND is ``ok`` (streams pace their events 50 ms apart), ``500``, ``529`` or ``hang``. It prints
+``ready`` once every listener is bound and exits on SIGTERM/SIGINT or when stdin closes.
 """
 
 from __future__ import annotations
@@ -63,6 +77,7 @@ FAULT_KINDS = frozenset(
 
 ANTHROPIC_PATH = "/v1/messages"
 OPENAI_PATH = "/v1/chat/completions"
+RESPONSES_PATH = "/v1/responses"
 
 _MAX_HEADERS = 256
 _MAX_BODY = 64 * 1024 * 1024
@@ -148,7 +163,7 @@ def _openai_error(status: int) -> tuple[str, str | None]:
 def default_error_body(route: str, status: int, name: str) -> dict[str, Any]:
     """The API-shaped error body the ``status`` fault sends when no ``body`` is given."""
     message = f"mock {name}: HTTP {status}"
-    if route == OPENAI_PATH:
+    if route in (OPENAI_PATH, RESPONSES_PATH):
         etype, code = _openai_error(status)
         return {"error": {"message": message, "type": etype, "param": None, "code": code}}
     etype = _anthropic_error_type(status)
@@ -160,8 +175,11 @@ def default_error_body(route: str, status: int, name: str) -> dict[str, Any]:
 class MockProvider:
     """A mock Anthropic/OpenAI-compatible provider on ``127.0.0.1`` (see the module docstring)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, websocket: bool = True) -> None:
         self.name = name
+        self.websocket = websocket
+        #: Text messages received over WebSocket connections, in order.
+        self.ws_messages: list[bytes] = []
         self._port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -510,8 +528,11 @@ class MockProvider:
                     return
                 if req is None:
                     return
+                if req[0].method == "GET" and req[0].path == "/__count":
+                    await self._send_simple(writer, 200, {"count": self.count()}, req[1])
+                    continue
                 self._record(req[0])
-                keep_alive = await self._respond(req[0], req[1], writer)
+                keep_alive = await self._respond(req[0], req[1], writer, reader)
                 if not keep_alive:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError):
@@ -588,19 +609,27 @@ class MockProvider:
         )
         return rec, close
 
-    async def _respond(self, req: Received, close: bool, writer: asyncio.StreamWriter) -> bool:
+    async def _respond(
+        self, req: Received, close: bool, writer: asyncio.StreamWriter, reader: asyncio.StreamReader
+    ) -> bool:
         """Send the answer (or misbehave). Returns whether the connection may be reused."""
         fault = self._take_fault(req.path)
         kind = fault.kind if fault else None
         params = fault.params if fault else {}
         route = req.route
-        api = "anthropic" if route == ANTHROPIC_PATH else "openai" if route == OPENAI_PATH else None
+        api = {ANTHROPIC_PATH: "anthropic", OPENAI_PATH: "openai", RESPONSES_PATH: "responses"}.get(route)
         body_json = req.json if isinstance(req.json, dict) else {}
         stream = api is not None and req.method == "POST" and body_json.get("stream") is True
         model = str(body_json.get("model") or "mock-model")
 
         if kind == "reset":
             _rst(writer)
+            return False
+        if req.method == "GET" and req.headers.get("upgrade", "").lower() == "websocket" and kind != "status":
+            if route != RESPONSES_PATH or not self.websocket:
+                await self._send_simple(writer, 404, {"error": {"message": "no websocket here"}}, True)
+                return False
+            await self._serve_websocket(req, writer, reader)
             return False
         if kind == "hang":
             await self._wait_released()
@@ -690,7 +719,7 @@ class MockProvider:
             hdrs["retry-after"] = str(params["retry_after"])
         if route == ANTHROPIC_PATH:
             hdrs["request-id"] = f"req_mock_{uuid.uuid4().hex[:16]}"
-        elif route == OPENAI_PATH:
+        elif route in (OPENAI_PATH, RESPONSES_PATH):
             hdrs["x-request-id"] = f"req_{uuid.uuid4().hex[:16]}"
         if status in (429, 529) and route == ANTHROPIC_PATH:
             hdrs["x-should-retry"] = "true"
@@ -735,6 +764,8 @@ class MockProvider:
         return ["hello", " from ", self.name]
 
     def _json_response(self, api: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        if api == "responses":
+            return self._response_object(model, "completed")
         if api == "anthropic":
             return {
                 "id": f"msg_mock_{uuid.uuid4().hex[:20]}",
@@ -762,7 +793,87 @@ class MockProvider:
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
         }
 
+    def _response_object(self, model: str, status: str) -> dict[str, Any]:
+        output = [] if status != "completed" else [
+            {"type": "message", "id": "msg_mock", "status": "completed", "role": "assistant",
+             "content": [{"type": "output_text", "text": self.answer, "annotations": []}]}
+        ]
+        return {
+            "id": "resp_mock", "object": "response", "created_at": int(time.time()), "status": status,
+            "model": model, "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+            "usage": {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15,
+                      "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens_details": {"reasoning_tokens": 0}},
+        }
+
+    def _responses_events(self, model: str) -> list[tuple[str, dict[str, Any]]]:
+        """The Responses API's events for one text answer: no `[DONE]`, `response.completed` last."""
+        item = {"type": "message", "id": "msg_mock", "status": "in_progress", "role": "assistant",
+                "content": []}
+        seq: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": self._response_object(model, "in_progress")}),
+            ("response.output_item.added", {"output_index": 0, "item": item}),
+            ("response.content_part.added", {"item_id": "msg_mock", "output_index": 0, "content_index": 0,
+                                             "part": {"type": "output_text", "text": "", "annotations": []}}),
+        ]
+        for piece in self._pieces():
+            seq.append(("response.output_text.delta", {"item_id": "msg_mock", "output_index": 0,
+                                                       "content_index": 0, "delta": piece}))
+        done_item = {**item, "status": "completed",
+                     "content": [{"type": "output_text", "text": self.answer, "annotations": []}]}
+        seq += [
+            ("response.output_text.done", {"item_id": "msg_mock", "output_index": 0, "content_index": 0,
+                                           "text": self.answer}),
+            ("response.output_item.done", {"output_index": 0, "item": done_item}),
+            ("response.completed", {"response": self._response_object(model, "completed")}),
+        ]
+        return [(name, {"type": name, "sequence_number": i, **data}) for i, (name, data) in enumerate(seq)]
+
+    async def _serve_websocket(
+        self, req: Received, writer: asyncio.StreamWriter, reader: asyncio.StreamReader
+    ) -> None:
+        """Codex's WebSocket transport: answer each `response.create` with the Responses events."""
+        from wsproto.connection import Connection, ConnectionType
+        from wsproto.events import CloseConnection, Message, Ping, TextMessage
+        from wsproto.utilities import generate_accept_token
+
+        accept = generate_accept_token(req.headers.get("sec-websocket-key", "").encode()).decode()
+        head = {"upgrade": "websocket", "connection": "Upgrade", "sec-websocket-accept": accept}
+        writer.write(_head(101, head, {"x-mock-provider": self.name}))
+        await writer.drain()
+        ws = Connection(ConnectionType.SERVER)
+        text = ""
+        for _ in range(100_000):
+            data = await reader.read(65536)
+            ws.receive_data(data or None)
+            for event in ws.events():
+                if isinstance(event, Ping):
+                    writer.write(ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    writer.write(ws.send(event.response()))
+                    await writer.drain()
+                    return
+                elif isinstance(event, TextMessage | Message):
+                    text += str(event.data)
+                    if not event.message_finished:
+                        continue
+                    self.ws_messages.append(text.encode())
+                    try:
+                        request = jsonlib.loads(text)
+                    except ValueError:
+                        request = {}
+                    text = ""
+                    model = str(request.get("model") or "mock-model")
+                    for _name, payload in self._responses_events(model):
+                        writer.write(ws.send(TextMessage(data=jsonlib.dumps(payload))))
+            await writer.drain()
+            if not data:
+                return
+
     def _sse_events(self, api: str, model: str, body: dict[str, Any]) -> list[bytes]:
+        if api == "responses":
+            events = self._responses_events(model)
+            return [f"event: {n}\ndata: {jsonlib.dumps(d)}\n\n".encode() for n, d in events]
         if api == "anthropic":
             msg_id = f"msg_mock_{uuid.uuid4().hex[:20]}"
             seq: list[tuple[str, dict[str, Any]]] = [
@@ -850,6 +961,11 @@ class MockProvider:
     def _sse_error_event(self, api: str, params: dict[str, Any]) -> bytes:
         etype = str(params.get("error_type", "overloaded_error"))
         message = str(params.get("message", "Overloaded"))
+        if api == "responses":
+            error = {"code": "server_error", "message": message}
+            response = {"id": "resp_mock", "status": "failed", "error": error}
+            failed = {"type": "response.failed", "response": response}
+            return f"event: response.failed\ndata: {jsonlib.dumps(failed)}\n\n".encode()
         if api == "anthropic":
             d = {"type": "error", "error": {"type": etype, "message": message}}
             return f"event: error\ndata: {jsonlib.dumps(d)}\n\n".encode()
@@ -910,3 +1026,43 @@ def _rst(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+#: The benchmark's mock kinds, as faults.
+_BENCH_KINDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ok": ("slow_stream", {"interval": 0.05}),
+    "500": ("status", {"status": 500}),
+    "529": ("status", {"status": 529}),
+    "hang": ("hang", {}),
+}
+
+
+def _serve_forever(specs: list[str]) -> None:
+    import signal
+    import sys
+
+    mocks = []
+    for spec in specs:
+        kind, _, port = spec.partition(":")
+        if kind not in _BENCH_KINDS:
+            raise SystemExit(f"unknown kind {kind!r}; expected one of {sorted(_BENCH_KINDS)}")
+        mock = MockProvider(f"{kind}-{port}")
+        mock._port = int(port)
+        mock.start()
+        fault, params = _BENCH_KINDS[kind]
+        mock.fault(fault, **params)
+        mocks.append(mock)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    threading.Thread(target=lambda: (sys.stdin.buffer.read(), stop.set()), daemon=True).start()
+    print("ready", flush=True)
+    stop.wait(3600)
+    for mock in mocks:
+        mock.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    _serve_forever(sys.argv[1:])

@@ -17,7 +17,7 @@ from typing import Any
 from configs import CLIENT_KEY
 
 CLIENT_TIMEOUT = 15.0  # hard client deadline: a request still open then is recorded as a HANG
-APIS = {"anthropic": "/v1/messages", "openai": "/v1/chat/completions"}
+APIS = {"anthropic": "/v1/messages", "openai": "/v1/chat/completions", "responses": "/v1/responses"}
 
 
 @dataclass
@@ -144,6 +144,9 @@ def request_for(api: str, stream: bool, model: str = "claude-test") -> tuple[str
             "messages": [{"role": "user", "content": "hi"}],
         }
         headers = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
+    elif api == "responses":
+        doc = {"model": "gpt-test", "input": "hi"}
+        headers = {"authorization": f"Bearer {CLIENT_KEY}"}
     else:
         doc = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
         headers = {"authorization": f"Bearer {CLIENT_KEY}"}
@@ -164,6 +167,10 @@ def answer_text(body: bytes) -> str:
             return "".join(c.get("text", "") for c in doc["content"] if isinstance(c, dict))
         if doc.get("choices"):
             return str(doc["choices"][0].get("message", {}).get("content") or "")
+        if doc.get("object") == "response":
+            return "".join(
+                part.get("text", "") for item in doc.get("output") or [] for part in item.get("content") or []
+            )
         return ""
     text = []
     for line in body.split(b"\n"):
@@ -178,6 +185,8 @@ def answer_text(body: bytes) -> str:
         delta = ev.get("delta")
         if isinstance(delta, dict) and isinstance(delta.get("text"), str):
             text.append(delta["text"])
+        if ev.get("type") == "response.output_text.delta" and isinstance(delta, str):
+            text.append(delta)
         for ch in ev.get("choices") or []:
             piece = (ch.get("delta") or {}).get("content")
             if isinstance(piece, str):
@@ -185,7 +194,7 @@ def answer_text(body: bytes) -> str:
     return "".join(text)
 
 
-TERMINALS = (b"event: message_stop", b"data: [DONE]")
+TERMINALS = (b"event: message_stop", b"data: [DONE]", b"event: response.completed")
 
 
 def classify_reply(reply: Reply, stream: bool) -> str:
@@ -196,7 +205,7 @@ def classify_reply(reply: Reply, stream: bool) -> str:
         return f"conn:{reply.error}"
     if reply.status != 200:
         return f"error:{reply.status}"
-    if b"event: error" in reply.body or b'data: {"error"' in reply.body:
+    if any(m in reply.body for m in (b"event: error", b'data: {"error"', b"event: response.failed")):
         return "error-event"
     m = re.fullmatch(r"hello from (\w+)", answer_text(reply.body))
     if not reply.complete or m is None:
