@@ -93,6 +93,8 @@ def parse_config(text: str, source: Path, env: Mapping[str, str]) -> Config:
     """`source` only names the file in messages and anchors `state`; nothing is read from disk."""
     try:
         document = yaml.load(text, Loader=_StrictLoader)
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import sqlite3
-import ssl
 import subprocess
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import configs
 import pytest
 from configs import CLIENT_KEY, KEY_B, KEY_ENV, KEY_P, secret_leaks
+from h2client import h2_post, open_tunnel
 from harness import REPO_ROOT, Mitmdump, free_port, mitmdump_executable
 from mockprovider import MockProvider
 from rawhttp import TERMINALS, Reply, async_fetch, classify_reply, fetch, request_for, wait_until
@@ -462,54 +462,6 @@ def test_bad_client_body_is_forwarded_and_proxy_survives(
     assert ok_request(md, "bad.test") == "ok:primary"
 
 
-def h2_post(port: int, ca: Path, host: str, path: str, body: bytes, headers: dict[str, str],
-            timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/2 request through the regular proxy: CONNECT, TLS with ALPN h2 (mitmproxy's CA)."""
-    import h2.config
-    import h2.connection
-    import h2.events
-
-    deadline = time.monotonic() + timeout
-    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    try:
-        open_tunnel(raw, f"{host}:443")
-        ctx = ssl.create_default_context(cafile=str(ca))
-        ctx.set_alpn_protocols(["h2"])
-        tls = ctx.wrap_socket(raw, server_hostname=host)
-        assert tls.selected_alpn_protocol() == "h2"
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        conn.initiate_connection()
-        sid = conn.get_next_available_stream_id()
-        conn.send_headers(sid, [(":method", "POST"), (":path", path), (":authority", host),
-                                (":scheme", "https"), *headers.items()])
-        conn.send_data(sid, body, end_stream=True)
-        tls.sendall(conn.data_to_send())
-        status, resp_headers, data = 0, {}, bytearray()
-        for _ in range(10_000):
-            if time.monotonic() > deadline:
-                raise TimeoutError("h2 response not complete")
-            chunk = tls.recv(65536)
-            if not chunk:
-                raise ConnectionError("h2 connection closed")
-            ended = False
-            for ev in conn.receive_data(chunk):
-                if isinstance(ev, h2.events.ResponseReceived):
-                    resp_headers = {k.decode() if isinstance(k, bytes) else k:
-                                    v.decode() if isinstance(v, bytes) else v for k, v in ev.headers}
-                    status = int(resp_headers[":status"])
-                elif isinstance(ev, h2.events.DataReceived):
-                    data += ev.data
-                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset):
-                    ended = True
-            tls.sendall(conn.data_to_send())
-            if ended:
-                return status, resp_headers, bytes(data)
-        raise TimeoutError("h2: too many reads")
-    finally:
-        raw.close()
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_http2_client_is_routed_and_fails_over(
@@ -681,17 +633,6 @@ def test_provider_error_body_echoing_its_key_is_not_returned_to_client(
     reply = fetch(md.regular_port, "echo.test", path, body, headers)
     assert reply.status == 401
     assert not secret_leaks(reply.body + json.dumps(reply.headers).encode()), reply.body
-
-
-def open_tunnel(sock: socket.socket, target: str) -> None:
-    """Send CONNECT for `target` through the proxy and read its 200 (bounded byte by byte)."""
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    head = b""
-    for _ in range(500):
-        if b"\r\n\r\n" in head:
-            break
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 200"), head
 
 
 def connect_tunnel_request(proxy_port: int, target_port: int, request: bytes) -> bytes:

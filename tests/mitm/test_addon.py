@@ -287,7 +287,7 @@ async def test_a_bug_while_routing_answers_502_and_never_lets_the_request_leave(
     def broken(*args: object, **kwargs: object) -> None:
         raise KeyError("boom")
 
-    monkeypatch.setattr("addon.mitm.addon.client_request", broken)
+    monkeypatch.setattr("addon.mitm.dispatch.client_request", broken)
     flow = await rig.ask()
     assert flow.response is not None and flow.response.status_code == 502
     assert flow.response.json()["type"] == "error"
@@ -330,7 +330,8 @@ async def test_the_model_in_a_clients_response_create_message_is_mapped(rig: Rig
     )
     rig.tctx.configure(rig.addon, detour_config=str(write(rig.config, doc)))
     flow = tflow.twebsocketflow()
-    rig.addon._sockets[flow.id] = ("codex", "backup")
+    assert rig.addon.dispatch is not None
+    rig.addon.dispatch.sockets[flow.id] = ("codex", "backup")
     assert flow.websocket is not None
     message = b'{"type":"response.create","model":"gpt-6.2-sol","input":[]}'
     flow.websocket.messages.append(type(flow.websocket.messages[0])(1, True, message))  # client text frame

@@ -50,6 +50,7 @@ import contextlib
 import itertools
 import json as jsonlib
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -175,9 +176,11 @@ def default_error_body(route: str, status: int, name: str) -> dict[str, Any]:
 class MockProvider:
     """A mock Anthropic/OpenAI-compatible provider on ``127.0.0.1`` (see the module docstring)."""
 
-    def __init__(self, name: str, websocket: bool = True) -> None:
+    def __init__(self, name: str, websocket: bool = True, tls: ssl.SSLContext | None = None) -> None:
         self.name = name
         self.websocket = websocket
+        #: Serve HTTPS with this context (see tlscerts.TestCA.server_context); HTTP/1.1 only.
+        self.tls = tls
         #: Text messages received over WebSocket connections, in order.
         self.ws_messages: list[bytes] = []
         self._port = 0
@@ -207,7 +210,7 @@ class MockProvider:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -426,7 +429,14 @@ class MockProvider:
         try:
             if self._stopped:
                 return
-            reader, writer = await asyncio.open_connection(sock=conn, limit=1024 * 1024)
+            if self.tls is None:
+                reader, writer = await asyncio.open_connection(sock=conn, limit=1024 * 1024)
+            else:
+                loop = asyncio.get_running_loop()
+                reader = asyncio.StreamReader(limit=1024 * 1024)
+                protocol = asyncio.StreamReaderProtocol(reader)
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, ssl=self.tls)
+                writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             await self._handle_conn(reader, writer)
         except (OSError, asyncio.CancelledError):
             pass

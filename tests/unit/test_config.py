@@ -425,3 +425,8 @@ def test_secrets_never_appear_in_repr() -> None:
     cfg = parse(doc())
     assert cfg.apps[0].providers[1].api_key == SECRET
     assert SECRET not in repr(cfg) and SECRET not in str(cfg)
+
+
+def test_a_deeply_nested_document_is_a_config_error_not_a_crash() -> None:
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        parse_config("[" * 5000, Path("config.yaml"), {})

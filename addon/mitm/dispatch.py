@@ -1,0 +1,189 @@
+"""Serving routed flows: each one becomes an `Exchange` run by the `Driver`, whose answer goes back
+to the flow whole (set in the `request` hook) or through the loopback relay (streams, WebSockets)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+from mitmproxy import ctx, http
+
+from addon.control import Control
+from addon.driver import AttemptReport, Driver
+from addon.exchange import Delivery, Exchange, Result
+from addon.formats import Dialect, dialect_for
+from addon.mitm.attempts import needs_publishing, publish
+from addon.mitm.flows import (
+    FlowSink,
+    Headers,
+    SavedRequest,
+    StreamCopy,
+    annotate,
+    client_request,
+    make_response,
+    point_at_relay,
+    restore,
+)
+from addon.mitm.relay import Job, Relay, RelaySink
+from addon.model import App
+from addon.rewrite import ClientRequest, map_body_model
+
+logger = logging.getLogger("detour")
+
+#: Request headers mitmproxy must see on a WebSocket handshake it sends to the relay.
+_WEBSOCKET_HEADERS = (b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version")
+_JSON = ((b"content-type", b"application/json"),)
+
+
+@dataclass(eq=False)
+class Relayed:
+    """A routed flow whose answer comes through the relay."""
+
+    app: App
+    exchange: Exchange
+    saved: SavedRequest | None = None
+    copy: StreamCopy | None = None
+
+
+class Dispatcher:
+    def __init__(self, control: Control, driver: Driver, relay: Relay) -> None:
+        self.control = control
+        self.driver = driver
+        self.relay = relay
+        self.relayed: dict[str, Relayed] = {}
+        #: Routed WebSocket flows: (app, provider) their messages go to, for model mapping.
+        self.sockets: dict[str, tuple[str, str]] = {}
+
+    def route(
+        self, flow: http.HTTPFlow, app: App, sent: Headers | None, allowed: bool
+    ) -> Awaitable[None] | None:
+        """Serve a routed flow; never lets it leave for the original host unrouted."""
+        try:
+            return self._route(flow, app, sent, allowed)
+        except Exception:
+            logger.exception("detour: routing failed")
+            body = dialect_for(app.api, flow.request.path).error_body(
+                502, "Detour could not route this request"
+            )
+            flow.response = make_response(502, _JSON, body)
+            return None
+
+    def _route(
+        self, flow: http.HTTPFlow, app: App, sent: Headers | None, allowed: bool
+    ) -> Awaitable[None] | None:
+        dialect = dialect_for(app.api, flow.request.path)
+        if not allowed:
+            peer = flow.client_conn.peername[0] if flow.client_conn.peername else None
+            message = f"Detour serves loopback clients only; {peer} is not in detour_allow_clients"
+            flow.response = make_response(403, _JSON, dialect.error_body(403, message))
+            return None
+        request = client_request(flow, sent)
+        delivery = _delivery(request, dialect)
+        exchange = Exchange(app, dialect, delivery, self.control.candidates(app), self.control.secrets)
+        if delivery is Delivery.WHOLE:
+            return self._answer_whole(flow, app, exchange, request)
+        state = self.relayed[flow.id] = Relayed(app, exchange)
+
+        async def run(sink: RelaySink) -> None:
+            await self._drive(flow, app, exchange, request, sink)
+
+        def expired() -> None:
+            self.relayed.pop(flow.id, None)
+
+        token = self.relay.register(Job(run, expired))
+        keep = _WEBSOCKET_HEADERS if delivery is Delivery.UPGRADE else ()
+        # mitmproxy may hand over requests before `running`: the relay binds on first use too.
+        state.saved = point_at_relay(flow, self.relay.port or self.relay.listen(), token, keep)
+        return None
+
+    async def _answer_whole(
+        self, flow: http.HTTPFlow, app: App, exchange: Exchange, request: ClientRequest
+    ) -> None:
+        sink = FlowSink()
+        try:
+            result = await self._drive(flow, app, exchange, request, sink)
+        except Exception:
+            logger.exception("detour: request failed")
+            body = exchange.dialect.error_body(502, "Detour failed on this request (see its log)")
+            flow.response = make_response(502, _JSON, body)
+            return
+        flow.response = sink.response
+        annotate(flow, app.name, result)
+
+    async def _drive(
+        self,
+        flow: http.HTTPFlow,
+        app: App,
+        exchange: Exchange,
+        request: ClientRequest,
+        sink: FlowSink | RelaySink,
+    ) -> Result:
+        reports: list[AttemptReport] = []
+        result = await self.driver.run(exchange, request, sink, reports.append, copy_streams=keeps_bodies())
+        if result.succeeded and result.served_by is not None:
+            reason = "; ".join(f"{a.provider}: {a.reason}" for a in result.failed) or "recovered"
+            self.control.served(app.name, result.served_by.id, reason)
+        if needs_publishing(reports):
+            await publish(flow, app.name, reports)
+        return result
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """A relayed answer starts: show the client's own request again, stream the answer."""
+        state = self.relayed.get(flow.id)
+        if state is None or flow.response is None:
+            return
+        if state.saved is not None:
+            restore(flow, state.saved)
+        if keeps_bodies():
+            state.copy = StreamCopy()
+            flow.response.stream = state.copy
+        else:
+            flow.response.stream = True
+
+    def ended(self, flow: http.HTTPFlow) -> None:
+        """A relayed flow ended (`response` or `error`): keep its copy, say who served it."""
+        state = self.relayed.pop(flow.id, None)
+        if state is None:
+            return
+        if state.saved is not None:
+            restore(flow, state.saved)
+        if state.copy is not None and flow.response is not None:
+            flow.response.raw_content = state.copy.body
+        result = state.exchange.result
+        if result is None:
+            return
+        annotate(flow, state.app.name, result)
+        if flow.websocket is not None and result.served_by is not None:
+            self.sockets[flow.id] = (state.app.name, result.served_by.id)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """Map the model in a client's `response.create` message for the provider that took the socket."""
+        routed = self.sockets.get(flow.id)
+        if routed is None or flow.websocket is None:
+            return
+        message = flow.websocket.messages[-1]
+        if not message.from_client or not message.is_text:
+            return
+        app = self.control.config.app(routed[0])
+        provider = app.provider(routed[1]) if app is not None else None
+        if provider is None or not provider.models:
+            return
+        mapped = map_body_model(message.content, provider)
+        if mapped is not None:
+            message.content = mapped
+
+
+def _delivery(request: ClientRequest, dialect: Dialect) -> Delivery:
+    """A WebSocket handshake, a request for a stream, or a request for one whole answer."""
+    upgrade = request.header(b"upgrade")
+    if upgrade is not None and upgrade.lower() == b"websocket":
+        return Delivery.UPGRADE
+    return Delivery.STREAM if dialect.is_stream_request(request.path, request.body) else Delivery.WHOLE
+
+
+def keeps_bodies() -> bool:
+    """Someone will look at streamed bodies: a UI (mitmweb, console) or a flow file being written."""
+    if getattr(ctx.options, "store_streamed_bodies", False):
+        return False  # mitmproxy 12 keeps them itself
+    return ctx.master.addons.get("view") is not None or bool(getattr(ctx.options, "save_stream_file", None))
