@@ -70,6 +70,9 @@ def classify_status(
     """Classify an HTTP response by its status; Retry-After is read only where it means overload."""
     if policy.is_client_error(status):
         return _status_verdict(Outcome.CLIENT_ERROR, status)
+    if 300 <= status <= 399:
+        # Detour never follows a redirect (the request carries a provider's key): it is no answer.
+        return Verdict(Outcome.PROVIDER_FAILURE, f"http {status} (redirects are not followed)", status)
     if policy.is_failover(status):
         retry_after = parse_retry_after(headers, now) if status in RETRY_AFTER_STATUSES else None
         return Verdict(Outcome.PROVIDER_FAILURE, f"http {status}", status, retry_after)

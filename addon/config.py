@@ -57,6 +57,13 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_HINT = "must be a duration such as 500ms, 30s, 10m or 1h"
 _MAX_TIMEOUT = 3600.0
+#: Upper bounds for the numbers a config may set: beyond them a value is a typo, not a wish.
+_MAX_PERIOD = 86_400.0  # breaker periods, the switch interval
+_MAX_COUNT = 1_000_000
+_MAX_LOG_LIMIT = 10_000_000
+#: What `api_key: none` means: no key of its own, the client's credentials pass through.
+_NO_KEY = "none"
+_UNSAFE_CHARS = re.compile(r"[\x00-\x20\x7f]")
 
 
 class ConfigError(ValueError):
@@ -71,7 +78,10 @@ def parse_duration(value: object) -> float:
         match = _DURATION.fullmatch(value)
         if match is None:
             raise ValueError(f"{_DURATION_HINT}, got {_show(value)}")
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        if not math.isfinite(seconds):
+            raise ValueError(f"{_DURATION_HINT}, got {_show(value)}")
+        return seconds
     if not math.isfinite(value):
         raise ValueError(f"{_DURATION_HINT}, got {_show(value)}")
     if value < 0:
@@ -218,19 +228,19 @@ def _rate(at: _At, value: object) -> float:
     return float(value)
 
 
-def _duration(at: _At, value: object, positive: bool = True, limit: float | None = None) -> float:
+def _duration(at: _At, value: object, positive: bool = True, limit: float = _MAX_PERIOD) -> float:
     try:
         seconds = parse_duration(value)
     except ValueError as exc:
         raise at.error(str(exc)) from None
-    if (positive and seconds <= 0) or (limit is not None and seconds > limit):
-        bound = "> 0" if limit is None else f"> 0 and <= {_secs(limit)}"
-        raise at.error(f"must be {bound}, got {_show(value)}")
+    if (positive and seconds <= 0) or seconds > limit:
+        lower = "> 0" if positive else ">= 0"
+        raise at.error(f"must be {lower} and <= {_secs(limit)}, got {_show(value)}")
     return seconds
 
 
 def _secs(seconds: float) -> str:
-    return "1h" if seconds == 3600 else f"{seconds:g}s"
+    return {3600.0: "1h", _MAX_PERIOD: "24h"}.get(seconds, f"{seconds:g}s")
 
 
 class _Entry(NamedTuple):
@@ -256,14 +266,19 @@ class _Parser:
         state = _str(at.key("state"), top.get("state", "detour.db"))
         breaker = self.breaker(at.key("breaker"), top.get("breaker", {}), BreakerPolicy())
         timeouts = self.timeouts(at.key("timeouts"), top.get("timeouts", {}), Timeouts())
-        interval = _duration(at.key("switch_min_interval"), top.get("switch_min_interval", 10.0), False)
-        log_limit = _int(at.key("attempt_log_limit"), top.get("attempt_log_limit", 10_000), 100)
+        interval = _duration(
+            at.key("switch_min_interval"), top.get("switch_min_interval", 10.0), False, _MAX_PERIOD
+        )
+        log_limit = _int(
+            at.key("attempt_log_limit"), top.get("attempt_log_limit", 10_000), 100, _MAX_LOG_LIMIT
+        )
         apps_at = at.key("apps")
         apps = _mapping(apps_at, _required(at, top, "apps"))
         if not apps:
             raise apps_at.error("must not be empty")
-        parsed = tuple(self.app(apps_at.key(name), name, spec, breaker, timeouts)
-                       for name, spec in apps.items())
+        parsed = tuple(
+            self.app(apps_at.key(name), name, spec, breaker, timeouts) for name, spec in apps.items()
+        )
         return Config(
             source=source,
             state=Path(os.path.abspath(source.parent / Path(state).expanduser())),
@@ -283,9 +298,9 @@ class _Parser:
             if name == "error_rate":
                 changes[name] = _rate(at.key(name), raw)
             elif name in ("window", "open_for", "max_open_for"):
-                changes[name] = _duration(at.key(name), raw)
+                changes[name] = _duration(at.key(name), raw, limit=_MAX_PERIOD)
             else:
-                changes[name] = _int(at.key(name), raw, 1)
+                changes[name] = _int(at.key(name), raw, 1, _MAX_COUNT)
         merged = dataclasses.replace(base, **changes)
         if merged.max_open_for < merged.open_for:
             raise at.key("max_open_for").error(
@@ -307,8 +322,9 @@ class _Parser:
         paths = family_paths(shape)
         if "paths" in spec:
             paths_at = at.key("paths")
-            paths = tuple(_url_path(paths_at.item(i), p)
-                          for i, p in enumerate(_list(paths_at, spec["paths"])))
+            paths = tuple(
+                _url_path(paths_at.item(i), p) for i, p in enumerate(_list(paths_at, spec["paths"]))
+            )
         queue = self.providers(at.key("providers"), _required(at, spec, "providers"), shape, breaker)
         return App(
             name=name,
@@ -360,9 +376,7 @@ class _Parser:
             failover=DEFAULT_FAILOVER_4XX | extra,
         )
 
-    def providers(
-        self, at: _At, value: object, shape: Api, breaker: BreakerPolicy
-    ) -> tuple[Provider, ...]:
+    def providers(self, at: _At, value: object, shape: Api, breaker: BreakerPolicy) -> tuple[Provider, ...]:
         entries: list[_Entry] = []
         for i, raw in enumerate(_list(at, value)):
             entry = self.provider(at.item(i), raw, shape, breaker)
@@ -381,6 +395,11 @@ class _Parser:
         return enabled
 
     def provider(self, at: _At, value: object, shape: Api, breaker: BreakerPolicy) -> _Entry:
+        if isinstance(value, dict) and "api_key" in value and value["api_key"] in (None, ""):
+            # An empty key would silently send the client's own credentials to this provider.
+            raise at.key("api_key").error(
+                "is empty; write `api_key: none` to pass the client's own credentials on, or set a key"
+            )
         spec = _mapping(at, value, _PROVIDER_KEYS)
         provider_id = _str(at.key("id"), _required(at, spec, "id"))
         if not _PROVIDER_ID.fullmatch(provider_id):
@@ -390,14 +409,18 @@ class _Parser:
             raise at.key("enabled").error(f"must be true or false, got {_kind(enabled)}")
         url_at = at.key("base_url")
         raw_url = _str(url_at, _required(at, spec, "base_url"))
-        base_url, missing = self.expand(url_at, raw_url)
-        if not missing:
+        base_url, missing, unsafe = self.expand(url_at, raw_url)
+        if not missing and not unsafe:
             base_url = _check_url(url_at, base_url, raw_url)
         api_key = None
-        if "api_key" in spec:
+        if "api_key" in spec and str(spec["api_key"]).strip().lower() != _NO_KEY:
             key_at = at.key("api_key")
-            api_key, missing_key = self.expand(key_at, _str(key_at, spec["api_key"]))
+            raw_key = _str(key_at, spec["api_key"])
+            if _UNSAFE_CHARS.search(_VAR_REF.sub("", raw_key)):
+                raise key_at.error("must not contain spaces or control characters")
+            api_key, missing_key, unsafe_key = self.expand(key_at, raw_key)
             missing += [name for name in missing_key if name not in missing]
+            unsafe += [name for name in unsafe_key if name not in unsafe]
         auth = DEFAULT_AUTH[shape]
         if "auth" in spec:
             auth = _choice(at.key("auth"), spec["auth"], AUTH_STYLES)
@@ -416,6 +439,11 @@ class _Parser:
             verb = "are" if len(missing) > 1 else "is"
             why = f"environment variable{plural} {', '.join(missing)} {verb} not set"
             return _Entry(provider_id, at, None, why)
+        if unsafe:
+            plural = "s" if len(unsafe) > 1 else ""
+            verb = "contain" if plural else "contains"
+            why = f"environment variable{plural} {', '.join(unsafe)} {verb} spaces or control characters"
+            return _Entry(provider_id, at, None, why)
         return _Entry(provider_id, at, provider, "")
 
     def models(self, at: _At, value: object) -> tuple[tuple[str, str], ...]:
@@ -427,22 +455,27 @@ class _Parser:
             pairs.append((pattern, _str(entry_at, target)))
         return tuple(pairs)
 
-    def expand(self, at: _At, raw: str) -> tuple[str, list[str]]:
-        """`${VAR}` substituted from the environment, plus the names that were unset or empty.
+    def expand(self, at: _At, raw: str) -> tuple[str, list[str], list[str]]:
+        """`${VAR}` substituted from the environment, plus the names that were unset or empty, and
+        those whose value holds a space or control character (it would inject into a request).
 
         Never echoes the value: for `api_key` it is the secret, and for anything else it may hold one.
         """
         if "${" in _VAR_REF.sub("", raw):
             raise at.error("malformed ${...} reference, expected ${NAME} with NAME of letters, digits and _")
         missing: list[str] = []
+        unsafe: list[str] = []
 
         def substitute(match: re.Match[str]) -> str:
-            value = self.env.get(match.group(1), "")
-            if not value and match.group(1) not in missing:
-                missing.append(match.group(1))
+            name = match.group(1)
+            value = self.env.get(name, "")
+            if not value and name not in missing:
+                missing.append(name)
+            elif _UNSAFE_CHARS.search(value) and name not in unsafe:
+                unsafe.append(name)
             return value
 
-        return _VAR_REF.sub(substitute, raw), missing
+        return _VAR_REF.sub(substitute, raw), missing, unsafe
 
 
 def _check_url(at: _At, url: str, raw: str) -> str:
@@ -463,6 +496,8 @@ def _check_url(at: _At, url: str, raw: str) -> str:
         raise at.error(f"must not have a query string or fragment, got {_show(raw)}")
     if not url.isascii():
         raise at.error(f"must be ASCII (write a host name in its xn-- form), got {_show(raw)}")
+    if _UNSAFE_CHARS.search(url):
+        raise at.error(f"must not contain spaces or control characters, got {_show(raw)}")
     return url.rstrip("/")
 
 

@@ -36,6 +36,8 @@ PROVIDER_HEADER = b"x-detour-provider"
 ATTEMPTS_HEADER = b"x-detour-attempts"
 #: Statuses a provider answers a WebSocket upgrade with when it doesn't speak WebSocket at all.
 NO_WEBSOCKET = frozenset({404, 405, 426})
+#: A streamed event still unfinished at this size is passed on in pieces rather than held further.
+MAX_PENDING_EVENT = 1024 * 1024
 #: Content types whose bodies are event streams, watched for their dialect's end and error events.
 STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson", b"application/jsonl")
 #: Response headers that describe the provider's connection, not the answer.
@@ -309,6 +311,8 @@ class Attempt:
     status_verdict: Verdict | None = None
     watch: StreamWatch | None = None
     body: bytearray = field(default_factory=bytearray)
+    #: The start of an event not yet complete: streams are forwarded an event at a time.
+    pending: bytes = b""
     #: The answer is going to the client as it arrives.
     streaming: bool = False
     #: The answer is kept whole in `body` (held back, or delivered once complete).
@@ -479,7 +483,8 @@ class Exchange:
         if attempt.watch is not None:
             attempt.watch.feed(data)
         if attempt.streaming:
-            return [Forward(data)]
+            ready = self._complete_events(attempt, data)
+            return [Forward(ready)] if ready else []
         if len(attempt.body) + len(data) > self.limits.max_body:
             verdict = classify_error(ErrorKind.TOO_LARGE, f"answer larger than {self.limits.max_body} bytes")
             return [Abort(attempt), *self._failed(attempt, verdict), Pick()]
@@ -492,10 +497,11 @@ class Exchange:
         verdict = attempt.verdict()
         if attempt.streaming:
             self.attempt = None
-            if verdict.outcome is Outcome.SUCCESS or verdict.reason.startswith(ErrorKind.STREAM_ERROR.value):
+            rest: list[Action] = [Forward(self._redacted(attempt.pending))] if attempt.pending else []
+            if verdict.outcome is Outcome.SUCCESS or (attempt.watch is not None and attempt.watch.error):
                 # An error event was forwarded as the provider sent it: the client's SDK reports it.
-                return [Record(attempt, verdict), self._done(attempt.provider, verdict), Finish()]
-            return [Record(attempt, verdict), self._done(None, verdict), Cut(verdict.reason)]
+                return [*rest, Record(attempt, verdict), self._done(attempt.provider, verdict), Finish()]
+            return [*rest, Record(attempt, verdict), self._done(None, verdict), Cut(verdict.reason)]
         if verdict.fails_over:
             if attempt.status_verdict is not None and attempt.status_verdict.fails_over:
                 self._last_failure = _Failure(attempt.status or 502, attempt.headers, bytes(attempt.body))
@@ -567,11 +573,27 @@ class Exchange:
 
     def _deliver(self, attempt: Attempt, verdict: Verdict) -> list[Action]:
         status = attempt.status or 502
-        body = bytes(attempt.body)
-        if status >= 400:
-            body = redact_bytes(body, self.secrets)
+        body = self._redacted(bytes(attempt.body))
         headers = self._client_headers(attempt.headers, attempt.provider)
         return [Deliver(status, headers, body), self._done(attempt.provider, verdict)]
+
+    def _complete_events(self, attempt: Attempt, data: bytes) -> bytes:
+        """What of a streamed answer can go to the client now: whole events only (so a key echoed in
+        an event is seen whole and masked), or the raw chunk for a stream that isn't an event stream."""
+        if attempt.watch is None:
+            return self._redacted(data)
+        buffered = attempt.pending + data if attempt.pending else data
+        end = max(buffered.rfind(b"\n\n") + 2, buffered.rfind(b"\r\n\r\n") + 4, 0)
+        if end == 0 and len(buffered) <= MAX_PENDING_EVENT:
+            attempt.pending = buffered
+            return b""
+        end = end or len(buffered)  # a runaway event: pass it on rather than hold it without bound
+        attempt.pending = buffered[end:]
+        return self._redacted(buffered[:end])
+
+    def _redacted(self, data: bytes) -> bytes:
+        secrets = self.secrets
+        return redact_bytes(data, secrets) if secrets else data
 
     def _refuse(self, status: int, message: str, retry_after: float | None) -> Refuse:
         headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]

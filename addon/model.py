@@ -106,9 +106,27 @@ class App:
         return next((p for p in self.providers if p.id == provider_id), None)
 
     def routes_path(self, path: str) -> bool:
-        """True for the model-API paths Detour may send to a backup; the query string is ignored."""
+        """True for the model-API paths Detour may send to a backup; the query string is ignored.
+
+        A path that could resolve elsewhere than it reads (dot segments, encoded dots, slashes or
+        backslashes) is never routed, so it can't carry a provider's key out of its route.
+        """
         bare = path.split("?", 1)[0]
+        if not plain_path(bare):
+            return False
         return any(fnmatch.fnmatchcase(bare, pattern) for pattern in self.paths)
+
+
+_ENCODED_SEPARATORS = ("%2e", "%2f", "%5c", "%00")
+
+
+def plain_path(path: str) -> bool:
+    """The path means what it says: no `.`/`..` segment (also as `..;`), no encoded `.`, `/`, `\\`
+    or NUL, no backslash. Servers differ in how they normalise those; Detour routes none of them."""
+    lowered = path.lower()
+    if "\\" in path or any(e in lowered for e in _ENCODED_SEPARATORS):
+        return False
+    return not any(seg.split(";", 1)[0] in (".", "..") for seg in path.split("/"))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from addon.control import Control
 from addon.driver import Driver, Sender
 from addon.mitm.configfile import ConfigFile
 from addon.mitm.dispatch import Dispatcher
-from addon.mitm.flows import Headers, mask_credentials
+from addon.mitm.flows import Headers, make_response, mask_credentials
 from addon.mitm.internals import check_internals
 from addon.mitm.relay import Relay
 from addon.mitm.routing import Routes
@@ -33,6 +33,7 @@ from addon.upstream import Pool, TlsSettings, exchange
 
 logger = logging.getLogger("detour")
 
+_JSON = ((b"content-type", b"application/json"),)
 _TLS_OPTIONS = {"ssl_insecure", "ssl_verify_upstream_trusted_ca", "ssl_verify_upstream_trusted_confdir"}
 
 
@@ -89,6 +90,8 @@ class Detour:
             # With eager, mitmproxy connects to the original host before any request hook runs.
             ctx.options.update(connection_strategy="lazy")
         check_internals()
+        if getattr(ctx.options, "proxy_debug", False):
+            logger.warning("detour: proxy_debug is on: mitmproxy logs raw bytes, API keys included")
         self.relay.listen()
         if ctx.options.detour_watch_ms > 0 and self._watcher is None:
             interval = lambda: ctx.options.detour_watch_ms / 1000  # noqa: E731 - read anew on each pass
@@ -131,14 +134,27 @@ class Detour:
 
     # --- hooks ------------------------------------------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return None if self.routes.client_allowed(flow) else self._refuse_if_local(flow)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if not self.routes.client_allowed(flow):
+            return self._refuse_if_local(flow)
         if self.routes.app_for(flow) is None:
-            return
+            return None
         # A streamed request body would leave before `request` could route it.
         flow.request.stream = False
         headers = flow.request.headers
         self._sent_headers[flow.id] = headers.fields
         headers.fields = mask_credentials(headers.fields)
+        return None
+
+    async def _refuse_if_local(self, flow: http.HTTPFlow) -> None:
+        """A client outside `detour_allow_clients` gets no hop to this machine's own services: to Detour's
+        listeners such an inner hop would come from loopback, and be served as a local client's."""
+        if flow.response is None and await self.routes.reaches_this_machine(flow):
+            message = b'{"error": "Detour forwards no client outside detour_allow_clients to this machine"}'
+            flow.response = make_response(403, _JSON, message)
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         sent = self._sent_headers.pop(flow.id, None)

@@ -28,6 +28,7 @@ Faults (``mock.fault(kind, times=None, path_prefix=None, **params)``; ``mock.hea
     sse_error        200 SSE: ``after`` (0) normal events, an error event, then a proper end
     sse_malformed    200 SSE: garbage (bad JSON, a line without a colon), then the normal events
     slow_stream      normal SSE with ``interval`` seconds between events
+    big_stream       normal SSE whose text is ``count`` pieces of ``size`` characters
 
 The SSE-only faults on a non-streaming request: ``sse_cut``/``sse_stall`` send the headers and
 half the JSON body, then cut/stall; ``sse_error``/``sse_malformed``/``slow_stream`` answer normally.
@@ -73,6 +74,7 @@ FAULT_KINDS = frozenset(
         "sse_error",
         "sse_malformed",
         "slow_stream",
+        "big_stream",
     }
 )
 
@@ -676,6 +678,7 @@ class MockProvider:
             await self._send_simple(writer, 200, payload, close, extra)
             return not close
 
+        self._big = (int(params.get("count", 1000)), int(params.get("size", 4096))) if kind == "big_stream" else None
         events = self._sse_events(api, model, body_json)
         headers = {
             "content-type": "text/event-stream; charset=utf-8",
@@ -771,6 +774,9 @@ class MockProvider:
         return f"hello from {self.name}"
 
     def _pieces(self) -> list[str]:
+        if getattr(self, "_big", None):
+            count, size = self._big  # type: ignore[misc]
+            return ["x" * size] * count
         return ["hello", " from ", self.name]
 
     def _json_response(self, api: str, model: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -52,16 +52,17 @@ def asctime_date(ts: float) -> str:
 RA = {"Retry-After": "120"}
 
 STATUS_TABLE = [
-    # 2xx / 3xx: success, Retry-After irrelevant
+    # 2xx: success, Retry-After irrelevant
     (200, {}, S, None),
     (201, {}, S, None),
     (204, {}, S, None),
     (200, RA, S, None),
     (206, {}, S, None),
-    (301, {}, S, None),
-    (302, {}, S, None),
-    (304, {}, S, None),
-    (307, {}, S, None),
+    # 3xx: never followed (the request carries a key), never a success
+    (301, {}, P, None),
+    (302, {}, P, None),
+    (304, {}, P, None),
+    (307, {}, P, None),
     # the client's own problem: returned as is, neutral
     (400, {}, C, None),
     (405, {}, C, None),
@@ -146,11 +147,18 @@ def test_every_5xx_is_a_provider_failure(status: int) -> None:
     assert classify_status(status, {}, DEFAULT, NOW).outcome is P
 
 
-@pytest.mark.parametrize("status", range(200, 400))
-def test_every_2xx_3xx_is_success(status: int) -> None:
+@pytest.mark.parametrize("status", range(200, 300))
+def test_every_2xx_is_success(status: int) -> None:
     v = classify_status(status, RA, DEFAULT, NOW)
     assert v.outcome is S
     assert v.retry_after is None
+
+
+@pytest.mark.parametrize("status", range(300, 400))
+def test_every_3xx_is_a_provider_failure_never_followed(status: int) -> None:
+    v = classify_status(status, RA, DEFAULT, NOW)
+    assert v.outcome is P and v.fails_over
+    assert v.reason == f"http {status} (redirects are not followed)"
 
 
 @pytest.mark.parametrize("status", range(400, 500))

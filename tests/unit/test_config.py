@@ -312,7 +312,9 @@ ERRORS = [
     (claude(max_attempts=True), "apps.claude.max_attempts: must be an integer, got boolean"),
     (claude(max_attempts="3"), "apps.claude.max_attempts: must be an integer, got string"),
     (claude(max_attempts=11), "apps.claude.max_attempts: must be between 1 and 10, got 11"),
-    (doc(attempt_log_limit=99), "attempt_log_limit: must be >= 100, got 99"),
+    (doc(attempt_log_limit=99), "attempt_log_limit: must be between 100 and 10000000, got 99"),
+    (doc(attempt_log_limit=10**20),
+     "attempt_log_limit: must be between 100 and 10000000, got 100000000000000000000"),
     (doc(state=""), "state: must not be empty"),
     (doc(breaker=[]), "breaker: must be a mapping, got list"),
     (backup(enabled="yes"), f"{P1}.enabled: must be true or false, got string"),
@@ -363,9 +365,16 @@ ERRORS = [
     (doc(breaker={"error_rate": 1.5}), "breaker.error_rate: must be > 0 and <= 1, got 1.5"),
     (doc(breaker={"error_rate": 0}), "breaker.error_rate: must be > 0 and <= 1, got 0"),
     (doc(breaker={"error_rate": "50%"}), "breaker.error_rate: must be a number, got string"),
-    (doc(breaker={"failure_threshold": 0}), "breaker.failure_threshold: must be >= 1, got 0"),
+    (doc(breaker={"failure_threshold": 0}),
+     "breaker.failure_threshold: must be between 1 and 1000000, got 0"),
+    (doc(breaker={"open_for": "9" * 40 + "h"}),
+     f"breaker.open_for: must be > 0 and <= 24h, got '{'9' * 40}h'"),
+    (doc(breaker={"open_for": "9" * 400 + "h"}),
+     "breaker.open_for: must be a duration such as 500ms, 30s, 10m or 1h, got '" + "9" * 57 + "...'"),
+    (doc(switch_min_interval="2d"),
+     "switch_min_interval: must be a duration such as 500ms, 30s, 10m or 1h, got '2d'"),
     (doc(breaker={"half_open_probes": 1.0}), "breaker.half_open_probes: must be an integer, got number"),
-    (doc(breaker={"window": "0s"}), "breaker.window: must be > 0, got '0s'"),
+    (doc(breaker={"window": "0s"}), "breaker.window: must be > 0 and <= 24h, got '0s'"),
     (doc(breaker={"open_for": "soon"}), f"breaker.open_for: {DURATION}, got 'soon'"),
     (doc(breaker={"max_open_for": "10s"}), "breaker.max_open_for: must be >= open_for (30s), got 10s"),
     (backup(breaker={"open_for": "20m"}),
@@ -388,7 +397,13 @@ ERRORS = [
     # variables
     (backup(api_key="${BACKUP"), f"{P1}.api_key: {REF}"),
     (backup(base_url="https://${1X}/"), f"{P1}.base_url: {REF}"),
-    (backup(api_key=""), f"{P1}.api_key: must not be empty"),
+    (backup(api_key=""), f"{P1}.api_key: is empty; write `api_key: none` to pass the client's own "
+                         "credentials on, or set a key"),
+    (backup(api_key="sk-abc\r\nx-injected: 1"),
+     f"{P1}.api_key: must not contain spaces or control characters"),
+    (backup(api_key="sk-abc def"), f"{P1}.api_key: must not contain spaces or control characters"),
+    (backup(base_url="https://a.example/x y"),
+     f"{P1}.base_url: must not contain spaces or control characters, got 'https://a.example/x y'"),
     (backup(api_key=12345), f"{P1}.api_key: must be a string, got integer"),
 ]
 
@@ -430,3 +445,26 @@ def test_secrets_never_appear_in_repr() -> None:
 def test_a_deeply_nested_document_is_a_config_error_not_a_crash() -> None:
     with pytest.raises(ConfigError, match="nested too deeply"):
         parse_config("[" * 5000, Path("config.yaml"), {})
+
+
+def test_a_null_api_key_is_an_error_not_a_silent_pass_through() -> None:
+    document = doc()
+    document["apps"]["claude"]["providers"][1]["api_key"] = None  # `api_key:` left empty in YAML
+    assert error(document) == (
+        f"config.yaml: {P1}.api_key: is empty; write `api_key: none` to pass the client's own credentials "
+        "on, or set a key"
+    )
+
+
+def test_api_key_none_passes_the_clients_credentials() -> None:
+    backup_provider = parse(backup(api_key="none")).apps[0].providers[1]
+    assert backup_provider.api_key is None and not backup_provider.owns_credentials
+
+
+def test_an_env_value_with_control_characters_disables_the_provider_without_echoing_it() -> None:
+    document = backup(api_key="${DETOUR_CFG_BAD}")
+    cfg = parse_config(yaml.safe_dump(document), Path("config.yaml"), {"DETOUR_CFG_BAD": "sk-x\r\nx-evil: 1"})
+    assert [p.id for p in cfg.apps[0].providers] == ["anthropic"]
+    (warning,) = cfg.warnings
+    assert "DETOUR_CFG_BAD" in warning and "control characters" in warning
+    assert "sk-x" not in warning and "evil" not in warning

@@ -294,11 +294,26 @@ def test_a_healthy_stream_is_streamed_as_it_arrives_and_ends_cleanly() -> None:
     (stream,) = s.head(200, SSE)
     assert isinstance(stream, Stream) and header(stream, b"x-detour-provider") == b"primary"
     half = len(ANTHROPIC_STREAM) // 2
-    assert s.data(ANTHROPIC_STREAM[:half]) == [Forward(ANTHROPIC_STREAM[:half])]
+    first_events = ANTHROPIC_STREAM[: ANTHROPIC_STREAM.rfind(b"\n\n", 0, half) + 2]
+    assert s.data(ANTHROPIC_STREAM[:half]) == [Forward(first_events)]  # whole events, at once
     s.data(ANTHROPIC_STREAM[half:])
     s.end()
+    assert b"".join(a.data for a in s.of(Forward)) == ANTHROPIC_STREAM
     assert isinstance(s.actions[-1], Finish)
     assert s.records == [("primary", Outcome.SUCCESS)]
+
+
+def test_a_key_echoed_in_a_streamed_event_is_masked_even_split_across_chunks() -> None:
+    s = script(Delivery.STREAM)
+    s.connect()
+    s.head(200, SSE)
+    event = sse(("error", {"type": "error", "error": {"message": f"bad key {SECRET}"}}))
+    at = event.index(SECRET.encode()) + 5
+    s.data(event[:at])
+    s.data(event[at:])
+    s.end()
+    forwarded = b"".join(a.data for a in s.of(Forward))
+    assert SECRET.encode() not in forwarded and b"bad key ***" in forwarded
 
 
 def test_an_error_event_inside_a_200_stream_is_forwarded_and_counted() -> None:
@@ -352,6 +367,16 @@ def test_a_stalled_stream_is_cut_after_idle() -> None:
 
 
 # --- when every provider fails ---------------------------------------------------------------------
+
+
+def test_a_redirect_is_not_followed_and_fails_over() -> None:
+    s = script()
+    s.answer(302, b"", ((b"location", f"https://elsewhere.example/?k={SECRET}".encode()),))
+    assert s.providers_sent == ["primary", "backup"]
+    s.answer(200, f'{{"echo": "{SECRET}"}}'.encode())
+    final = delivered(s)
+    assert final.body == b'{"echo": "***"}'  # a whole answer is masked at any status
+    assert header(final, b"x-detour-attempts") == b"primary (http 302 (redirects are not followed))"
 
 
 def test_every_provider_failing_gives_the_last_providers_error_with_keys_masked() -> None:
