@@ -42,7 +42,7 @@ DEFAULT_AUTH: dict[Api, str] = {
     "gemini": "x-goog-api-key",
 }
 
-_TOP_KEYS = ("state", "breaker", "timeouts", "switch_min_interval", "attempt_log_limit", "apps")
+_TOP_KEYS = ("state", "breaker", "timeouts", "switch_min_interval", "attempt_log_limit", "max_body", "apps")
 _APP_KEYS = (
     "hosts", "providers", "paths", "max_attempts", "timeouts", "api", "error_shape",
     "failover_statuses", "client_error_statuses",
@@ -56,6 +56,18 @@ _VAR_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_HINT = "must be a duration such as 500ms, 30s, 10m or 1h"
+_SIZE = re.compile(r"\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*")
+_UNIT_BYTES = {
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+}
+_MIN_BODY, _MAX_BODY = 64 * 1024, 1024**3
 _MAX_TIMEOUT = 3600.0
 #: Upper bounds for the numbers a config may set: beyond them a value is a typo, not a wish.
 _MAX_PERIOD = 86_400.0  # breaker periods, the switch interval
@@ -220,6 +232,19 @@ def _int(at: _At, value: object, lo: int, hi: int | None = None) -> int:
     return value
 
 
+def _size(at: _At, value: object, lo: int, hi: int) -> int:
+    """Bytes from `32MB`-style text or a bare number."""
+    match = (
+        _SIZE.fullmatch(str(value)) if isinstance(value, int | str) and not isinstance(value, bool) else None
+    )
+    if match is None:
+        raise at.error(f"must be a size such as 512KB, 32MB or 1GiB, got {_show(value)}")
+    size = int(match.group(1)) * _UNIT_BYTES[match.group(2)]
+    if not lo <= size <= hi:
+        raise at.error(f"must be between {lo // 1024}KiB and {hi // 1024**3}GiB, got {_show(value)}")
+    return size
+
+
 def _rate(at: _At, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise at.error(f"must be a number, got {_kind(value)}")
@@ -272,6 +297,7 @@ class _Parser:
         log_limit = _int(
             at.key("attempt_log_limit"), top.get("attempt_log_limit", 10_000), 100, _MAX_LOG_LIMIT
         )
+        max_body = _size(at.key("max_body"), top.get("max_body", "32MiB"), _MIN_BODY, _MAX_BODY)
         apps_at = at.key("apps")
         apps = _mapping(apps_at, _required(at, top, "apps"))
         if not apps:
@@ -287,6 +313,7 @@ class _Parser:
             timeouts=timeouts,
             switch_min_interval=interval,
             attempt_log_limit=log_limit,
+            max_body=max_body,
             warnings=tuple(self.warnings),
         )
 

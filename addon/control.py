@@ -3,13 +3,26 @@
 Everything that outlives one request lives here: which providers an app may try, their breakers,
 the app's current provider, pins, and what is persisted. It is free of mitmproxy and of I/O other
 than the state backend, so it is driven directly in tests with a fake clock.
+
+Two clocks: `clock` is monotonic and drives every deadline and breaker period, so a wall-clock jump
+(NTP, a suspended laptop, a changed time zone) can't open or close circuits; `wall` only stamps what
+people read and what survives a restart (breaker snapshots are stored in wall time and converted back
+at load, since a monotonic clock doesn't survive the process).
+
+The app's **current provider** is the first provider of its queue whose circuit is closed (a pinned
+one first). It changes when a breaker changes state, not when one request happens to be served
+elsewhere, so the switch log has one line per real switch, with its true reason; a change within
+`switch_min_interval` of the last switch waits for the interval to pass, in both directions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
+from collections.abc import Callable
 
-from addon.breaker import Clock, Permit, State, Transition
+from addon.breaker import BreakerSnapshot, Clock, Permit, State, Transition
 from addon.classify import Outcome, Verdict
 from addon.model import App, Config, Provider
 from addon.router import Router
@@ -19,23 +32,33 @@ from addon.switch import SwitchEvent, SwitchManager
 
 logger = logging.getLogger("detour")
 
+#: The permit of a provider that vanished in a reload while a request held it in its queue: the
+#: request may still use it (the queue is a snapshot); its result is recorded by no breaker.
+DETACHED = Permit(-1, probe=False)
+
 
 class Control:
-    def __init__(self, config: Config, clock: Clock, store: StateBackend) -> None:
+    def __init__(
+        self, config: Config, clock: Clock, store: StateBackend, wall: Callable[[], float] | None = None
+    ) -> None:
         self.clock = clock
+        self.wall = wall or clock
         self.store = store
         loaded = store.open()
         self.config = config
-        self.router = Router(config, clock, loaded.breakers)
+        breakers = {key: self._from_wall(snap) for key, snap in loaded.breakers.items()}
+        self.router = Router(config, clock, breakers)
         self.switches = SwitchManager(
             clock, config.switch_min_interval, loaded.current, self._announce_switch
         )
         self._pins: dict[str, str] = {}
+        #: Apps whose current provider must be reconsidered once `switch_min_interval` allows it.
+        self._deferred: dict[str, float] = {}
         self.secrets = secrets_of(config)
-        self._adopt_current(config)
         store.set_secrets(self.secrets)
         for warning in (*config.warnings, *loaded.warnings):
             logger.warning(warning)
+        self._adopt_current(config)
 
     # --- configuration ----------------------------------------------------------------------
 
@@ -47,17 +70,22 @@ class Control:
         self.switches.min_interval = config.switch_min_interval
         self._pins = {a: p for a, p in self._pins.items() if self._provider(a, p) is not None}
         self.secrets = secrets_of(config)
-        self._adopt_current(config)
         self.store.set_secrets(self.secrets)
         for warning in config.warnings:
             logger.warning(warning)
+        self._adopt_current(config)
 
     def _adopt_current(self, config: Config) -> None:
+        """Start-up or reload: an app whose current provider is unknown adopts the one its breakers
+        point at, silently; any other difference is a switch."""
         for app in config.apps:
             current = self.switches.current(app.name)
             if current is None or app.provider(current) is None:
-                self.switches.adopt(app.name, app.providers[0].id)
-                self.store.set_current(app.name, app.providers[0].id)
+                target = self._target(app)[0] or app.providers[0].id
+                self.switches.adopt(app.name, target)
+                self.store.set_current(app.name, target)
+            else:
+                self._reconsider(app.name, "configuration reloaded")
 
     def _provider(self, app: str, provider: str) -> Provider | None:
         found = self.config.app(app)
@@ -67,6 +95,8 @@ class Control:
 
     def candidates(self, app: App) -> list[Provider]:
         """Providers to try for one request, best first, at most `max_attempts`."""
+        if self._deferred:
+            self._run_deferred()
         ordered = self.router.select_providers(app.name)
         pinned = self._pins.get(app.name)
         if pinned is not None:
@@ -79,10 +109,13 @@ class Control:
     def acquire_next(self, app: str, queue: list[Provider]) -> tuple[Provider, Permit] | None:
         """Pop providers off the front of `queue` until one admits a call; None when none is left.
 
-        A provider that vanished in a reload since the queue was taken is skipped.
+        A provider that vanished in a reload since the queue was taken is still tried (the queue is a
+        snapshot): it gets the `DETACHED` permit.
         """
         while queue:
             provider = queue.pop(0)
+            if self._provider(app, provider.id) is None:
+                return provider, DETACHED
             permit = self.router.acquire(app, provider.id)
             if permit is not None:
                 return provider, permit
@@ -103,12 +136,11 @@ class Control:
         status: int | None = None,
     ) -> Transition | None:
         """Feed one attempt to its breaker and the attempt log; `status` overrides the verdict's."""
-        now = self.clock()
         outcome = verdict.outcome
-        transition = self.router.record_result(app, provider, permit, verdict)
+        transition = None if permit is DETACHED else self.router.record_result(app, provider, permit, verdict)
         self.store.log_attempt(
             AttemptRecord(
-                now,
+                self.wall(),
                 app,
                 provider,
                 status if status is not None else verdict.status,
@@ -119,14 +151,48 @@ class Control:
         )
         if transition is not None:
             self._persist_breaker(app, provider, transition)
+            self._reconsider(app, f"{provider}: circuit {transition.after.value} ({transition.reason})")
         return transition
 
     def release(self, app: str, provider: str, permit: Permit) -> None:
-        self.router.release(app, provider, permit)
+        if permit is not DETACHED:
+            self.router.release(app, provider, permit)
 
-    def served(self, app: str, provider: str, reason: str) -> SwitchEvent | None:
-        """The request was answered by `provider`: move the app's current provider if needed."""
-        return self.switches.observe(app, provider, reason)
+    # --- the current provider ---------------------------------------------------------------
+
+    def _target(self, app: App) -> tuple[str | None, list[str]]:
+        """The provider the app's traffic goes to (first closed circuit, pin first), and why each
+        provider before it is passed over."""
+        states = {s.provider: s.state for s in self.router.status(app.name)}
+        order = [p.id for p in app.providers]
+        pinned = self._pins.get(app.name)
+        if pinned in states:
+            order.sort(key=lambda pid: pid != pinned)
+        passed: list[str] = []
+        for pid in order:
+            if states.get(pid) is State.CLOSED:
+                return pid, passed
+            passed.append(f"{pid}: circuit {states[pid].value}")
+        return None, passed
+
+    def _reconsider(self, app_name: str, why: str) -> None:
+        app = self.config.app(app_name)
+        if app is None:
+            return
+        target, passed = self._target(app)
+        if target is None or target == self.switches.current(app_name):
+            self._deferred.pop(app_name, None)
+            return
+        reason = "; ".join(passed) if passed else f"recovered: {why}"
+        if self.switches.propose(app_name, target, reason) is None:
+            self._deferred[app_name] = self.switches.next_allowed(app_name)  # too soon: once it's allowed
+
+    def _run_deferred(self) -> None:
+        now = self.clock()
+        for app_name, due in list(self._deferred.items()):
+            if now >= due:
+                self._deferred.pop(app_name, None)
+                self._reconsider(app_name, "after switch_min_interval")
 
     def _persist_breaker(self, app: str, provider: str, transition: Transition) -> None:
         level = logging.WARNING if transition.after is State.OPEN else logging.INFO
@@ -139,7 +205,21 @@ class Control:
             transition.after.value,
             self.redact(transition.reason),
         )
-        self.store.save_breaker(app, provider, self.router.snapshot(app, provider))
+        self._save_breaker(app, provider)
+
+    def _save_breaker(self, app: str, provider: str) -> None:
+        self.store.save_breaker(app, provider, self._to_wall(self.router.snapshot(app, provider)))
+
+    def _to_wall(self, snap: BreakerSnapshot) -> BreakerSnapshot:
+        """A snapshot with `open_until` in wall time, for storage (monotonic time dies with the process)."""
+        if snap.state is not State.OPEN:
+            return snap
+        return dataclasses.replace(snap, open_until=snap.open_until - self.clock() + self.wall())
+
+    def _from_wall(self, snap: BreakerSnapshot) -> BreakerSnapshot:
+        if snap.state is not State.OPEN:
+            return snap
+        return dataclasses.replace(snap, open_until=snap.open_until - self.wall() + self.clock())
 
     def _announce_switch(self, event: SwitchEvent) -> None:
         self.store.set_current(event.app, event.to_provider)
@@ -162,16 +242,19 @@ class Control:
         """Pin `provider` to the front of `app`'s queue and make it current."""
         self._require(app, provider)
         self._pins[app] = provider
+        self._deferred.pop(app, None)
         return self.switches.force(app, provider)
 
     def unpin(self, app: str) -> None:
         self._require(app, None)
         self._pins.pop(app, None)
+        self._reconsider(app, "unpinned")
 
     def reset(self, app: str, provider: str) -> None:
         self._require(app, provider)
         self.router.reset(app, provider)
-        self.store.save_breaker(app, provider, self.router.snapshot(app, provider))
+        self._save_breaker(app, provider)
+        self._reconsider(app, f"{provider}: reset")
 
     def _require(self, app: str, provider: str | None) -> None:
         found = self.config.app(app)
@@ -192,18 +275,21 @@ class Control:
             lines.append(f"{app.name}: current={self.switches.current(app.name)}{pin}")
             for st in self.router.status(app.name):
                 probe = f" probe in {st.probe_in:.1f}s" if st.state is State.OPEN else ""
-                lines.append(
-                    f"  {st.provider}: {st.state.value} failures={st.consecutive_failures}{probe}"
-                )
+                lines.append(f"  {st.provider}: {st.state.value} failures={st.consecutive_failures}{probe}")
         return lines
 
     def close(self) -> None:
         for app in self.config.apps:
             for p in app.providers:
-                self.store.save_breaker(app.name, p.id, self.router.snapshot(app.name, p.id))
+                self._save_breaker(app.name, p.id)
         self.store.close()
 
 
 def secrets_of(config: Config) -> tuple[str, ...]:
     """Every configured key: what must be masked wherever Detour writes text for people."""
     return tuple(p.api_key for a in config.apps for p in a.providers if p.api_key)
+
+
+def monotonic_control(config: Config, store: StateBackend) -> Control:
+    """The control plane as the proxy runs it: monotonic deadlines, wall-clock records."""
+    return Control(config, time.monotonic, store, time.time)

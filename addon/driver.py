@@ -48,12 +48,14 @@ from addon.exchange import (
     Start,
     Stream,
     Tick,
+    Unsendable,
     Upgrade,
     UpstreamError,
 )
 from addon.http1 import End, Head
 from addon.model import Provider
 from addon.rewrite import ClientRequest, OutboundRequest, for_provider
+from addon.rewrite import Unsendable as NotAdaptable
 from addon.upstream import Item, Pool, Upgraded, UpstreamFailure, exchange
 
 logger = logging.getLogger("detour")
@@ -294,7 +296,8 @@ class _Run:
         return None
 
     def report(self, attempt: Attempt, verdict: Verdict | None) -> None:
-        if self.observe is None:
+        outbound = self.outbound.get(attempt.number)
+        if self.observe is None or outbound is None:  # never sent: nothing to show
             return
         body = bytes(self.copy) if attempt.streaming else bytes(attempt.body)
         self.copy = bytearray()
@@ -302,7 +305,7 @@ class _Run:
             AttemptReport(
                 attempt.number,
                 attempt.provider,
-                self.outbound[attempt.number],
+                outbound,
                 attempt.status,
                 attempt.headers,
                 body,
@@ -317,7 +320,12 @@ class _Run:
         self.channel = Channel()
         if self.gone:
             self.channel.push(ClientGone(self.d.clock()))
-        outbound = for_provider(self.request, action.attempt.provider, upgrade)
+        try:
+            outbound = for_provider(self.request, action.attempt.provider, upgrade)
+        except NotAdaptable as e:
+            logger.warning("detour: %s not sent to %s: %s", self.ex.app.name, action.attempt.provider.id, e)
+            self.channel.push(Unsendable(str(e), self.d.clock()))
+            return
         self.outbound[action.attempt.number] = outbound
         self.started_wall[action.attempt.number] = self.d.wall()
         self.reader = asyncio.ensure_future(self.read(self.channel, outbound, upgrade))

@@ -126,6 +126,13 @@ class Tick(NamedTuple):
     now: float
 
 
+class Unsendable(NamedTuple):
+    """The request can't be adapted to the attempt's provider: skip it, charge nobody."""
+
+    reason: str
+    now: float
+
+
 class Forwarded(NamedTuple):
     """A chunk reached the client: time spent waiting for a slow client is not provider silence."""
 
@@ -148,6 +155,7 @@ Event = (
     | Tick
     | Forwarded
     | ClientGone
+    | Unsendable
 )
 
 
@@ -537,6 +545,13 @@ class Exchange:
         )
         return self._end_attempt(attempt, classify_error(kind, f"{what} for {limit:g}s"))
 
+    def _on_unsendable(self, event: Unsendable) -> list[Action]:
+        attempt = self._current()
+        attempt.phase = Phase.ENDED
+        self.attempt = None
+        self.failed.append(FailedAttempt(attempt.provider.id, f"not sendable: {event.reason}"))
+        return [Release(attempt), Pick()]
+
     def _on_forwarded(self, event: Forwarded) -> list[Action]:
         if self.attempt is not None and self.attempt.phase is Phase.RECEIVING:
             self.attempt.last_activity = max(self.attempt.last_activity, event.now)
@@ -649,6 +664,7 @@ _HANDLERS: dict[type, Callable[[Exchange, Any], list[Action]]] = {
     UpstreamError: Exchange._on_upstream_error,
     Tick: Exchange._on_tick,
     Forwarded: Exchange._on_forwarded,
+    Unsendable: Exchange._on_unsendable,
     ClientGone: Exchange._on_client_gone,
 }
 

@@ -140,6 +140,8 @@ class Config:
     timeouts: Timeouts = Timeouts()
     switch_min_interval: float = 10.0
     attempt_log_limit: int = 10_000
+    #: The most bytes of one answer held in memory (a non-streamed answer, or a failure's body).
+    max_body: int = 32 * 1024 * 1024
     #: Human-readable notes for the operator, e.g. providers disabled because a variable is unset.
     warnings: tuple[str, ...] = ()
 

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from addon import codecs
 from addon.credentials import AUTH_STYLES, CLIENT_CREDENTIAL_PARAMS, CLIENT_CREDENTIALS, Fields
 from addon.model import Provider
 
@@ -128,18 +129,31 @@ def for_provider(request: ClientRequest, provider: Provider, upgrade: bool = Fal
     # Detour reads every answer (stream ends, errors): it must not arrive compressed.
     fields.append((b"accept-encoding", b"identity"))
     body = request.body
-    if provider.models and not _encoded(request):
-        body = map_body_model(body, provider) or body
+    if provider.models and body:
+        body = _mapped(request, provider)
     if body or request.method in ("POST", "PUT", "PATCH"):
         fields.append((b"content-length", str(len(body)).encode()))
     path = target_path(provider, request.path)
     return OutboundRequest(target, request.method, target.prefix + path, tuple(fields), body)
 
 
-def _encoded(request: ClientRequest) -> bool:
-    """The body is compressed: its model can't be rewritten in place."""
-    encoding = request.header(b"content-encoding")
-    return encoding is not None and encoding.strip().lower() not in (b"", b"identity")
+class Unsendable(ValueError):
+    """The request can't be adapted to this provider (it is skipped, not charged)."""
+
+
+def _mapped(request: ClientRequest, provider: Provider) -> bytes:
+    """The body with its model mapped for `provider`; a compressed body is decoded and encoded again."""
+    coding = (request.header(b"content-encoding") or b"").decode("latin-1").strip()
+    if coding.lower() in ("", "identity"):
+        return map_body_model(request.body, provider) or request.body
+    if "," in coding:
+        raise Unsendable(f"can't map the model in a body with several content codings ({coding[:40]})")
+    try:
+        plain = codecs.decode(coding, request.body)
+    except codecs.CodingError as e:
+        raise Unsendable(f"can't map the model: {e}") from None
+    mapped = map_body_model(plain, provider)
+    return request.body if mapped is None else codecs.encode(coding, mapped)
 
 
 def _connection_tokens(headers: tuple[tuple[bytes, bytes], ...]) -> frozenset[bytes]:

@@ -107,7 +107,7 @@ class Router:
         that was selected but never tried doesn't hold a slot.
         """
         breaker = self._breakers.get((app, provider))
-        if breaker is None:  # the provider vanished in a reload since the request's queue was taken
+        if breaker is None:  # unknown (a request in flight asks the control plane, which handles it)
             return None
         permit = breaker.acquire()
         if permit is not None:

@@ -1,8 +1,9 @@
 """The failover switch manager: which provider is an app's current one, and when that changes.
 
-A request served by another provider than the current one moves the app over, once: concurrent
-requests that fail over together see the new current provider and emit nothing, and a minimum
-interval between switches stops traffic from flip-flopping between two half-healthy providers.
+The control plane proposes a new current provider when the app's breakers say traffic now goes
+elsewhere; a proposal that is no news emits nothing, and one made within the minimum interval of the
+last switch is refused (the control plane retries it once the interval has passed), so a flapping
+provider can't bounce the switch log back and forth.
 """
 
 from __future__ import annotations
@@ -50,19 +51,23 @@ class SwitchManager:
         with self._lock:
             self._current[app] = provider
 
-    def observe(self, app: str, served_by: str, reason: str) -> SwitchEvent | None:
-        """A request of `app` was served by `served_by`; switch if that is news and not too soon."""
+    def propose(self, app: str, provider: str, reason: str) -> SwitchEvent | None:
+        """Make `provider` the app's current one if that is news and not too soon after the last switch."""
         with self._lock:
             previous = self._current.get(app)
-            if previous == served_by:
+            if previous == provider:
                 return None
             now = self._clock()
-            last = self._last_switch.get(app)
-            if last is not None and now - last < self.min_interval:
+            if now < self.next_allowed(app):
                 return None
-            event = self._switch(app, previous, served_by, reason, now, manual=False)
+            event = self._switch(app, previous, provider, reason, now, manual=False)
         self._emit(event)
         return event
+
+    def next_allowed(self, app: str) -> float:
+        """When the next automatic switch of `app` may happen."""
+        last = self._last_switch.get(app)
+        return float("-inf") if last is None else last + self.min_interval
 
     def force(self, app: str, provider: str, reason: str = "manual switch") -> SwitchEvent | None:
         """An operator's switch: applies at once, whatever the interval."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from addon.access import allow_host_patterns, parse_client_networks
-from addon.control import Control
+from addon.control import Control, monotonic_control
 from addon.driver import Driver, Sender
 from addon.mitm.configfile import ConfigFile
 from addon.mitm.dispatch import Dispatcher
@@ -111,7 +110,7 @@ class Detour:
 
     def _use_config(self, config: Config) -> None:
         if self.control is None:
-            self.control = Control(config, time.time, SqliteBackend(config.state, config.attempt_log_limit))
+            self.control = monotonic_control(config, SqliteBackend(config.state, config.attempt_log_limit))
             driver = Driver(self.control, self.pool, send=self.send)
             self.dispatch = Dispatcher(self.control, driver, self.relay)
         else:

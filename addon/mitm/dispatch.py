@@ -11,7 +11,7 @@ from mitmproxy import ctx, http
 
 from addon.control import Control
 from addon.driver import AttemptReport, Driver
-from addon.exchange import Delivery, Exchange, Result
+from addon.exchange import Delivery, Exchange, Limits, Result
 from addon.formats import Dialect, dialect_for
 from addon.mitm.attempts import needs_publishing, publish
 from addon.mitm.flows import (
@@ -80,7 +80,10 @@ class Dispatcher:
             return None
         request = client_request(flow, sent)
         delivery = _delivery(request, dialect)
-        exchange = Exchange(app, dialect, delivery, self.control.candidates(app), self.control.secrets)
+        limits = Limits(max_body=self.control.config.max_body)
+        exchange = Exchange(
+            app, dialect, delivery, self.control.candidates(app), self.control.secrets, limits
+        )
         if delivery is Delivery.WHOLE:
             return self._answer_whole(flow, app, exchange, request)
         state = self.relayed[flow.id] = Relayed(app, exchange)
@@ -121,9 +124,6 @@ class Dispatcher:
     ) -> Result:
         reports: list[AttemptReport] = []
         result = await self.driver.run(exchange, request, sink, reports.append, copy_streams=keeps_bodies())
-        if result.succeeded and result.served_by is not None:
-            reason = "; ".join(f"{a.provider}: {a.reason}" for a in result.failed) or "recovered"
-            self.control.served(app.name, result.served_by.id, reason)
         if needs_publishing(reports):
             await publish(flow, app.name, reports)
         return result

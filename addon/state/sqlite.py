@@ -173,6 +173,8 @@ class SqliteBackend:
         self._memory_reason: str | None = None
         #: Why the last batch failed; cleared when a later batch commits.
         self._write_failure: str | None = None
+        #: The last write of each current provider and breaker, re-applied after failed writes.
+        self._latest: dict[tuple[str, ...], _Write] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -223,7 +225,9 @@ class SqliteBackend:
     # --- writes (enqueue only: O(1), never block) ---------------------------------------------
 
     def set_current(self, app: str, provider: str) -> None:
-        self._put(_Write(_SET_CURRENT, (app, provider, time.time())))
+        write = _Write(_SET_CURRENT, (app, provider, time.time()))
+        self._latest[("current", app)] = write
+        self._put(write)
 
     def save_breaker(self, app: str, provider: str, snap: BreakerSnapshot) -> None:
         params = (
@@ -235,10 +239,14 @@ class SqliteBackend:
             snap.open_for,
             time.time(),
         )
-        self._put(_Write(_SAVE_BREAKER, params))
+        write = _Write(_SAVE_BREAKER, params)
+        self._latest[("breaker", app, provider)] = write
+        self._put(write)
 
     def forget_breaker(self, app: str, provider: str) -> None:
-        self._put(_Write(_FORGET_BREAKER, (app, provider)))
+        write = _Write(_FORGET_BREAKER, (app, provider))
+        self._latest[("breaker", app, provider)] = write
+        self._put(write)
 
     def log_attempt(self, rec: AttemptRecord) -> None:
         # Redaction happens on the writer thread, keeping the event loop's share to one put.
@@ -437,7 +445,23 @@ class SqliteBackend:
             if self._write_failure is not None:
                 log.warning("state store writes are working again")
                 self._write_failure = None
+                self._resync()
             return
+
+    def _resync(self) -> None:
+        """After failed writes: store the latest current providers and breakers again, since the
+        batches that carried them were rolled back (a full disk that cleared, a lock that went away)."""
+        latest = list(self._latest.values())  # a copy: the event loop keeps updating the dict
+        try:
+            with self._conn_lock:
+                conn = self._conn
+                if conn is None:  # pragma: no cover - only after the thread has finished
+                    return
+                with _transaction(conn):
+                    for write in latest:
+                        self._run_one(conn, write.sql, write.params)
+        except sqlite3.Error as exc:
+            self._failed(exc)
 
     def _execute(self, conn: sqlite3.Connection, ops: list[_Write | AttemptRecord]) -> None:
         secrets = self._secrets

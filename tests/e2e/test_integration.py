@@ -579,6 +579,9 @@ def test_breaker_opens_then_traffic_returns_to_primary(rig: Factory) -> None:
     assert r.primary.count() == 2
     r.primary.healthy()
     assert poll(lambda: r.served_by() == "primary", timeout=10.0, interval=0.1)
+    # The switch back comes when the circuit closes: with success_threshold 2, at the second probe.
+    assert "failover switch claude: backup -> primary" not in r.mitm.log_text()
+    assert r.served_by() == "primary"
     assert r.mitm.wait_for_log("failover switch claude: backup -> primary", timeout=5.0)
     log = r.mitm.log_text()
     assert log.count("failover switch claude: primary -> backup") == 1

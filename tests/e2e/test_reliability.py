@@ -47,15 +47,28 @@ def one_app(name: str, providers: list[dict[str, Any]], api: str = "anthropic") 
 
 
 def write_config(
-    tmp_path: Path, apps: dict[str, Any], *, open_for: float = 1.0, max_open_for: float | None = None,
+    tmp_path: Path,
+    apps: dict[str, Any],
+    *,
+    open_for: float = 1.0,
+    max_open_for: float | None = None,
     state: str = "state.db",
 ) -> Path:
     """The fault matrix's quick settings: timeouts of 1s, three failures open a circuit."""
-    breaker = {"failure_threshold": 3, "open_for": f"{open_for}s",
-               "max_open_for": f"{max_open_for or open_for}s",
-               "half_open_probes": 1, "success_threshold": 1}
-    document = configs.config(apps, state=state, breaker=breaker, switch_min_interval="100ms",
-                              timeouts={"connect": "1s", "first_byte": "1s", "idle": "1s"})
+    breaker = {
+        "failure_threshold": 3,
+        "open_for": f"{open_for}s",
+        "max_open_for": f"{max_open_for or open_for}s",
+        "half_open_probes": 1,
+        "success_threshold": 1,
+    }
+    document = configs.config(
+        apps,
+        state=state,
+        breaker=breaker,
+        switch_min_interval="100ms",
+        timeouts={"connect": "1s", "first_byte": "1s", "idle": "1s"},
+    )
     return configs.write(tmp_path / "config.yaml", document)
 
 
@@ -224,16 +237,19 @@ def test_sigkill_during_traffic_then_restart_restores_state(
                 return
             assert md1.regular_port is not None
             path, body, headers = request_for("anthropic", True)
-            outcomes.append(classify_reply(fetch(md1.regular_port, "crash.test", path, body, headers,
-                                                 timeout=5), True))
+            outcomes.append(
+                classify_reply(fetch(md1.regular_port, "crash.test", path, body, headers, timeout=5), True)
+            )
 
     t = threading.Thread(target=traffic, daemon=True)
     t.start()
     try:
         persisted = wait_until(
-            lambda: db_rows(state, "SELECT state FROM breaker WHERE app='crash' AND provider='primary'")
-            == [("open",)]
-            and db_rows(state, "SELECT provider FROM current_provider WHERE app='crash'") == [("backup",)],
+            lambda: (
+                db_rows(state, "SELECT state FROM breaker WHERE app='crash' AND provider='primary'")
+                == [("open",)]
+                and db_rows(state, "SELECT provider FROM current_provider WHERE app='crash'") == [("backup",)]
+            ),
             timeout=10,
         )
         assert persisted, db_rows(state, "SELECT * FROM breaker")
@@ -255,13 +271,18 @@ def test_sigkill_during_traffic_then_restart_restores_state(
     md2 = start(mitmdump_factory, cfg)
     results = [ok_request(md2, "crash.test") for _ in range(5)]
     log2 = md2.log_text()
-    report("crash_restart", {
-        "requests_before_kill": n_at_kill,
-        "lost_before_kill": sum(o != "ok:backup" for o in before_kill),
-        "after_kill_until_thread_stopped": outcomes[n_at_kill:n_at_kill + 3],
-        "kill_rc": rc, "integrity_after_kill": "ok",
-        "after_restart": results, "primary_requests_after_restart": p.count(),
-    })
+    report(
+        "crash_restart",
+        {
+            "requests_before_kill": n_at_kill,
+            "lost_before_kill": sum(o != "ok:backup" for o in before_kill),
+            "after_kill_until_thread_stopped": outcomes[n_at_kill : n_at_kill + 3],
+            "kill_rc": rc,
+            "integrity_after_kill": "ok",
+            "after_restart": results,
+            "primary_requests_after_restart": p.count(),
+        },
+    )
     assert results == ["ok:backup"] * 5, results
     assert p.count() == 0  # its circuit (open_for 30s) is still open after the restart
     assert "Traceback" not in log2 and "corrupt" not in log2, log2
@@ -309,11 +330,21 @@ def test_unwritable_state_location_falls_back_to_memory(
 def run_mitmdump_once(cfg: Path, tmp_path: Path, *extra: str, timeout: float = 30) -> tuple[int | None, str]:
     """Start mitmdump expecting it to exit on its own; (returncode or None if it kept running, output)."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
-    argv = [str(mitmdump_executable()), "-s", str(REPO_ROOT / "addon" / "detour.py"),
-            "--set", f"detour_config={cfg}", "--set", f"confdir={tmp_path / 'conf'}",
-            "--mode", f"regular@127.0.0.1:{free_port()}", *extra]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            stdin=subprocess.DEVNULL)
+    argv = [
+        str(mitmdump_executable()),
+        "-s",
+        str(REPO_ROOT / "addon" / "detour.py"),
+        "--set",
+        f"detour_config={cfg}",
+        "--set",
+        f"confdir={tmp_path / 'conf'}",
+        "--mode",
+        f"regular@127.0.0.1:{free_port()}",
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
         return proc.returncode, out.decode("utf-8", "replace")
@@ -336,21 +367,31 @@ GOOD_APP = """apps:
 BAD_CONFIGS = {
     # name: (config text, expected one-line error after "<file>: ")
     "yaml-syntax": ("apps: [\n", "invalid YAML at line 2, column 1"),
-    "wrong-type": (GOOD_APP.replace("    hosts:", "    max_attempts: three\n    hosts:"),
-                   "apps.x.max_attempts: must be an integer, got string"),
-    "unknown-key": (GOOD_APP.replace("base_url: http://127.0.0.1:9\n", "base_ur: http://127.0.0.1:9\n"),
-                    "apps.x.providers[0].base_ur: unknown key"),
-    "unknown-auth": (GOOD_APP + "        auth: basic\n",
-                     "apps.x.providers[1].auth: must be one of x-api-key, bearer, x-goog-api-key, "
-                     "api-key, got 'basic'"),
-    "duplicate-ids": (GOOD_APP.replace("- id: b", "- id: a"),
-                      "apps.x.providers[1].id: duplicate provider id 'a' (also at apps.x.providers[0])"),
-    "invalid-url": (GOOD_APP.replace("http://127.0.0.1:10", "ftp://x"),
-                    "apps.x.providers[1].base_url: must be an http:// or https:// URL, got 'ftp://x'"),
-    "all-disabled-by-env": (GOOD_APP.replace("\n      - id: b",
-                                             "\n        api_key: ${DETOUR_T_UNSET}\n      - id: b")
-                            + "        api_key: ${DETOUR_T_UNSET}\n",
-                            "apps.x.providers: every provider is disabled"),
+    "wrong-type": (
+        GOOD_APP.replace("    hosts:", "    max_attempts: three\n    hosts:"),
+        "apps.x.max_attempts: must be an integer, got string",
+    ),
+    "unknown-key": (
+        GOOD_APP.replace("base_url: http://127.0.0.1:9\n", "base_ur: http://127.0.0.1:9\n"),
+        "apps.x.providers[0].base_ur: unknown key",
+    ),
+    "unknown-auth": (
+        GOOD_APP + "        auth: basic\n",
+        "apps.x.providers[1].auth: must be one of x-api-key, bearer, x-goog-api-key, api-key, got 'basic'",
+    ),
+    "duplicate-ids": (
+        GOOD_APP.replace("- id: b", "- id: a"),
+        "apps.x.providers[1].id: duplicate provider id 'a' (also at apps.x.providers[0])",
+    ),
+    "invalid-url": (
+        GOOD_APP.replace("http://127.0.0.1:10", "ftp://x"),
+        "apps.x.providers[1].base_url: must be an http:// or https:// URL, got 'ftp://x'",
+    ),
+    "all-disabled-by-env": (
+        GOOD_APP.replace("\n      - id: b", "\n        api_key: ${DETOUR_T_UNSET}\n      - id: b")
+        + "        api_key: ${DETOUR_T_UNSET}\n",
+        "apps.x.providers: every provider is disabled",
+    ),
 }
 
 
@@ -381,13 +422,16 @@ def test_missing_env_var_disables_provider_with_warning_and_routes(
     mock_factory: MockFactory, mitmdump_factory: MdFactory, tmp_path: Path
 ) -> None:
     p, b = mock_factory("primary"), mock_factory("backup")
-    providers = [configs.provider("primary", p.base_url, "DETOUR_T_KEY_P"),
-                 configs.provider("ghost", b.base_url, "DETOUR_T_UNSET_VAR"),
-                 configs.provider("backup", b.base_url, "DETOUR_T_KEY_B")]
+    providers = [
+        configs.provider("primary", p.base_url, "DETOUR_T_KEY_P"),
+        configs.provider("ghost", b.base_url, "DETOUR_T_UNSET_VAR"),
+        configs.provider("backup", b.base_url, "DETOUR_T_KEY_B"),
+    ]
     cfg = write_config(tmp_path, one_app("envy", providers))
     md = start(mitmdump_factory, cfg)
-    expected = (f"{cfg}: apps.envy.providers[1] (ghost): disabled, "
-                "environment variable DETOUR_T_UNSET_VAR is not set")
+    expected = (
+        f"{cfg}: apps.envy.providers[1] (ghost): disabled, environment variable DETOUR_T_UNSET_VAR is not set"
+    )
     assert md.wait_for_log(expected, 5), md.log_text()
     p.fault("status", status=503)
     assert ok_request(md, "envy.test") == "ok:backup"  # ghost is skipped, backup serves
@@ -407,8 +451,10 @@ def test_hot_reload_to_bad_config_keeps_old_config(
     cfg.write_text(bad)
     st = cfg.stat()
     os.utime(cfg, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # surely a new mtime
-    expected = (f"config not reloaded, keeping the previous one: {cfg}: apps.hot.providers[1].base_url: "
-                "must be an http:// or https:// URL, got 'ftp://x'")
+    expected = (
+        f"config not reloaded, keeping the previous one: {cfg}: apps.hot.providers[1].base_url: "
+        "must be an http:// or https:// URL, got 'ftp://x'"
+    )
     assert md.wait_for_log(expected, 5), md.log_text()
     assert md.alive
     assert ok_request(md, "hot.test") == "ok:primary"
@@ -433,7 +479,8 @@ def routed(
 BAD_BODIES = {
     "non-json": b"this is not json {",
     "5mb": b'{"model": "claude-x", "max_tokens": 1, "messages": [{"role": "user", "content": "'
-           + b"a" * (5 * 1024 * 1024) + b'"}]}',
+    + b"a" * (5 * 1024 * 1024)
+    + b'"}]}',
     "invalid-utf8": b'{"model": "claude-\xff\xfe", "messages": [{"role": "user", "content": "\xc3\x28"}]}',
     "missing-model": b'{"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}',
     "empty": b"",
@@ -502,11 +549,15 @@ def test_http2_client_without_content_length_keeps_its_body(
 BAD_RESPONSES = {
     # name: (fault params, expected outcome)
     "500-invalid-json": ({"status": 500, "body": b"<html>oops, not json"}, "ok:backup"),
-    "503-wrong-content-type": ({"status": 503, "body": b"busy", "headers": {"content-type": "text/html"}},
-                               "ok:backup"),
+    "503-wrong-content-type": (
+        {"status": 503, "body": b"busy", "headers": {"content-type": "text/html"}},
+        "ok:backup",
+    ),
     "502-empty-content-type": ({"status": 502, "body": b"", "headers": {"content-type": ""}}, "ok:backup"),
-    "200-html": ({"status": 200, "body": b"<html>hi</html>", "headers": {"content-type": "text/html"}},
-                 "passthrough-200"),
+    "200-html": (
+        {"status": 200, "body": b"<html>hi</html>", "headers": {"content-type": "text/html"}},
+        "passthrough-200",
+    ),
     "429-garbage-retry-after": ({"status": 429, "headers": {"retry-after": "soon-ish"}}, "ok:backup"),
 }
 
@@ -539,9 +590,18 @@ def test_keys_never_leak_to_other_providers_log_state_or_flows(
     from mitmproxy import io as mio
 
     keyless, p, b = mock_factory("keyless"), mock_factory("primary"), mock_factory("backup")
-    apps = {**one_app("sec", pair(p, b)), **one_app("down", pair(p, b)),
-            **one_app("mixed", [configs.provider("keyless", keyless.base_url),
-                                configs.provider("backup", b.base_url, "DETOUR_T_KEY_B")], "openai")}
+    apps = {
+        **one_app("sec", pair(p, b)),
+        **one_app("down", pair(p, b)),
+        **one_app(
+            "mixed",
+            [
+                configs.provider("keyless", keyless.base_url),
+                configs.provider("backup", b.base_url, "DETOUR_T_KEY_B"),
+            ],
+            "openai",
+        ),
+    }
     cfg = write_config(tmp_path, apps)
     flows = tmp_path / "flows.mitm"
     md = start(mitmdump_factory, cfg, "-w", str(flows), "--set", "termlog_verbosity=debug")
@@ -549,8 +609,13 @@ def test_keys_never_leak_to_other_providers_log_state_or_flows(
     bodies: list[bytes] = []
     headers_seen: list[str] = []
     # A matrix-like run: failures of each kind on both apps, streaming and not.
-    for fault in ({"kind": "status", "status": 529}, {"kind": "status", "status": 401}, {"kind": "reset"},
-                  {"kind": "sse_error"}, {"kind": None}):
+    for fault in (
+        {"kind": "status", "status": 529},
+        {"kind": "status", "status": 401},
+        {"kind": "reset"},
+        {"kind": "sse_error"},
+        {"kind": None},
+    ):
         for host, api, first in (("sec.test", "anthropic", p), ("mixed.test", "openai", keyless)):
             for stream in (False, True):
                 if fault["kind"]:
@@ -598,8 +663,13 @@ def test_keys_never_leak_to_other_providers_log_state_or_flows(
             assert not secret_leaks(flow.comment.encode()), flow.comment
             assert not secret_leaks(json.dumps(flow.metadata.get("detour", {})).encode())
     assert any("served by backup after" in c for c in comments), comments
-    report("security", {"flows_checked": len(comments), "provider_requests_checked":
-                        len(p.received) + len(b.received) + len(keyless.received)})
+    report(
+        "security",
+        {
+            "flows_checked": len(comments),
+            "provider_requests_checked": len(p.received) + len(b.received) + len(keyless.received),
+        },
+    )
 
 
 @pytest.mark.timeout(60)
@@ -624,10 +694,22 @@ def test_provider_error_body_echoing_its_key_is_not_returned_to_client(
     md = start(mitmdump_factory, cfg)
     # Some providers echo the credential they rejected; with every provider failing, the client gets
     # the last provider's error body.
-    p.fault("status", status=401, body={"type": "error", "error": {"type": "authentication_error",
-                                                                   "message": f"invalid x-api-key {KEY_P}"}})
-    b.fault("status", status=401, body={"type": "error", "error": {"type": "authentication_error",
-                                                                   "message": f"invalid x-api-key {KEY_B}"}})
+    p.fault(
+        "status",
+        status=401,
+        body={
+            "type": "error",
+            "error": {"type": "authentication_error", "message": f"invalid x-api-key {KEY_P}"},
+        },
+    )
+    b.fault(
+        "status",
+        status=401,
+        body={
+            "type": "error",
+            "error": {"type": "authentication_error", "message": f"invalid x-api-key {KEY_B}"},
+        },
+    )
     assert md.regular_port is not None
     path, body, headers = request_for("anthropic", False)
     reply = fetch(md.regular_port, "echo.test", path, body, headers)
@@ -661,8 +743,10 @@ def test_non_app_host_connect_is_tunnelled_untouched(
     assert md.regular_port is not None
     path, body, _ = request_for("anthropic", False)
     host = f"127.0.0.1:{outsider.port}"
-    req = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nx-api-key: {CLIENT_KEY}\r\n"
-           f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n")
+    req = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nx-api-key: {CLIENT_KEY}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
     data = connect_tunnel_request(md.regular_port, outsider.port, req.encode() + body)
     assert b"x-mock-provider: outsider" in data and b"hello from outsider" in data, data[:400]
     assert b"x-detour-provider" not in data.lower()
@@ -679,3 +763,125 @@ def test_non_app_host_connect_is_tunnelled_untouched(
     assert b"x-detour-provider: primary" in data2, data2[:400]
     assert len(outsider.received) == 1 and p.count() == 1
     assert p.received[-1].headers["x-api-key"] == KEY_P
+
+
+# ------------------------------------------------------------------------ long runs (soak, on demand)
+
+
+def fd_count(md: Mitmdump) -> int:
+    try:
+        return len(os.listdir(f"/proc/{md.pid}/fd"))
+    except OSError:
+        return -1
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(300)
+def test_soak_200_streams_for_60s_with_a_flapping_primary(
+    mock_factory: MockFactory, mitmdump_factory: MdFactory, tmp_path: Path
+) -> None:
+    """200 concurrent streaming clients for 60 s; the primary alternates healthy / 529 every 5 s."""
+    p, b = mock_factory("primary"), mock_factory("backup")
+    for mock in (p, b):
+        mock.fault("slow_stream", interval=0.05)
+    cfg = configs.write(
+        tmp_path / "config.yaml",
+        configs.config(
+            one_app("load", pair(p, b)),
+            switch_min_interval="0s",
+            breaker={"failure_threshold": 3, "open_for": "1s", "max_open_for": "2s", "success_threshold": 2},
+            timeouts={"connect": "2s", "first_byte": "10s", "idle": "10s"},
+        ),
+    )
+    md = start(mitmdump_factory, cfg)
+    assert md.regular_port is not None
+    port = md.regular_port
+    samples: dict[str, list[int]] = {"rss": [], "fds": []}
+    outcomes: list[str] = []
+
+    async def run() -> None:
+        path, body, headers = request_for("anthropic", True)
+        stop_at = time.monotonic() + 60
+
+        async def client() -> None:
+            while time.monotonic() < stop_at:
+                reply = await async_fetch(port, "load.test", path, body, headers, timeout=30)
+                outcomes.append(classify_reply(reply, True))
+
+        async def flapper() -> None:
+            for i in range(12):
+                if i % 2:
+                    await asyncio.to_thread(p.fault, "status", status=529)
+                else:
+                    await asyncio.to_thread(p.fault, "slow_stream", interval=0.05)
+                for _ in range(5):
+                    samples["rss"].append(md.rss_kb() or 0)
+                    samples["fds"].append(fd_count(md))
+                    await asyncio.sleep(1)  # pacing the flips, not synchronisation
+
+        await asyncio.gather(flapper(), *(client() for _ in range(200)))
+
+    rss_start, fds_start = md.rss_kb(), fd_count(md)
+    asyncio.run(run())
+    log = md.log_text()
+    opened = log.count("load/primary circuit closed -> open")
+    closed = log.count("load/primary circuit half_open -> closed")
+    switches = log.count("failover switch load:")
+    lost = [o for o in outcomes if not o.startswith("ok:")]
+    figures = {
+        "requests": len(outcomes),
+        "lost": len(lost),
+        "by_primary": outcomes.count("ok:primary"),
+        "by_backup": outcomes.count("ok:backup"),
+        "circuit_opened": opened,
+        "circuit_closed": closed,
+        "switch_lines": switches,
+        "rss_kb_start_peak_end": [rss_start, max(samples["rss"]), md.rss_kb()],
+        "fds_start_peak_end": [fds_start, max(samples["fds"]), fd_count(md)],
+    }
+    report("soak_flapping_200", figures)
+    assert not lost, lost[:5]
+    assert switches == opened + closed, figures  # one line per real switch, no more
+    assert "Traceback" not in log
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(900)
+def test_soak_10000_sequential_failovers(
+    mock_factory: MockFactory, mitmdump_factory: MdFactory, tmp_path: Path
+) -> None:
+    p, b = mock_factory("primary"), mock_factory("backup")
+    p.fault("status", status=529)
+    cfg = configs.write(
+        tmp_path / "config.yaml",
+        configs.config(
+            one_app("fo", pair(p, b)), breaker={"failure_threshold": 10**6, "min_requests": 10**6}
+        ),
+    )
+    md = start(mitmdump_factory, cfg)
+    assert md.regular_port is not None
+    path, body, headers = request_for("anthropic", False)
+    rss = []
+
+    async def run() -> list[str]:
+        results = []
+        for i in range(10_000):
+            reply = await async_fetch(md.regular_port, "fo.test", path, body, headers)  # type: ignore[arg-type]
+            results.append(classify_reply(reply, False))
+            if i % 1000 == 0:
+                rss.append(md.rss_kb() or 0)
+        return results
+
+    outcomes = asyncio.run(run())
+    rss.append(md.rss_kb() or 0)
+    report(
+        "soak_10000_failovers",
+        {
+            "requests": len(outcomes),
+            "ok_backup": outcomes.count("ok:backup"),
+            "rss_kb_every_1000": rss,
+            "growth_kb": rss[-1] - rss[1],
+        },
+    )
+    assert outcomes == ["ok:backup"] * 10_000
+    assert rss[-1] - rss[1] < 30 * 1024

@@ -4,10 +4,8 @@ config files and clock jumps. Each test plays one fault against a real mitmdump.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import os
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,19 +43,31 @@ def start(
 
 def ask(md: Mitmdump, stream: bool = False, timeout: float = 15.0) -> str:
     assert md.regular_port is not None
-    return classify_reply(fetch(md.regular_port, HOST, *request_for("anthropic", stream), timeout=timeout), stream)
+    return classify_reply(
+        fetch(md.regular_port, HOST, *request_for("anthropic", stream), timeout=timeout), stream
+    )
 
 
 # --- 1-4: faults that must fail over -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_a_tls_handshake_failure_fails_over_every_time(tmp_path: Path, mitmdump_factory: MdFactory, stream: bool) -> None:
-    ca = make_ca(tmp_path / "ca", self_signed_leaf=True)  # the primary's certificate is signed by no one we trust
+def test_a_tls_handshake_failure_fails_over_every_time(
+    tmp_path: Path, mitmdump_factory: MdFactory, stream: bool
+) -> None:
+    ca = make_ca(
+        tmp_path / "ca", self_signed_leaf=True
+    )  # the primary's certificate is signed by no one we trust
     with MockProvider("primary", tls=ca.server_context()).start() as p, MockProvider("backup").start() as b:
-        md = start(tmp_path, mitmdump_factory, p.base_url, b.base_url,
-                   "--set", f"ssl_verify_upstream_trusted_ca={ca.ca_file}",
-                   breaker={"failure_threshold": 2, "open_for": "200ms", "max_open_for": "200ms"})  # fmt: skip
+        md = start(
+            tmp_path,
+            mitmdump_factory,
+            p.base_url,
+            b.base_url,
+            "--set",
+            f"ssl_verify_upstream_trusted_ca={ca.ca_file}",
+            breaker={"failure_threshold": 2, "open_for": "200ms", "max_open_for": "200ms"},
+        )
         outcomes = []
         for _ in range(6):  # below the threshold, at it, and in half-open probes after open_for
             outcomes.append(ask(md, stream))
@@ -67,27 +77,41 @@ def test_a_tls_handshake_failure_fails_over_every_time(tmp_path: Path, mitmdump_
         assert "certificate verify failed" in md.log_text() or "TLS" in md.log_text()
 
 
-def test_an_http2_capable_upstream_that_never_answers_fails_over(tmp_path: Path, mitmdump_factory: MdFactory) -> None:
+def test_an_http2_capable_upstream_that_never_answers_fails_over(
+    tmp_path: Path, mitmdump_factory: MdFactory
+) -> None:
     ca = make_ca(tmp_path / "ca")
-    with MockProvider("primary", tls=ca.server_context(("h2", "http/1.1"))).start() as p, MockProvider(
-        "backup"
-    ).start() as b:
+    with (
+        MockProvider("primary", tls=ca.server_context(("h2", "http/1.1"))).start() as p,
+        MockProvider("backup").start() as b,
+    ):
         p.fault("hang")
-        md = start(tmp_path, mitmdump_factory, p.base_url, b.base_url,
-                   "--set", f"ssl_verify_upstream_trusted_ca={ca.ca_file}")  # fmt: skip
+        md = start(
+            tmp_path,
+            mitmdump_factory,
+            p.base_url,
+            b.base_url,
+            "--set",
+            f"ssl_verify_upstream_trusted_ca={ca.ca_file}",
+        )
         assert md.regular_port is not None
         path, body, headers = request_for("anthropic", True)
         headers["content-length"] = str(len(body))
-        ((status, fields, data),) = h2_requests(md.regular_port, md.ca_cert_path, HOST, [(path, body, headers)])
+        ((status, fields, data),) = h2_requests(
+            md.regular_port, md.ca_cert_path, HOST, [(path, body, headers)]
+        )
         assert status == 200 and fields["x-detour-provider"] == "backup"
         assert any(t in data for t in TERMINALS)
         p.healthy()
 
 
-def test_slow_headers_are_cut_and_fail_over_never_spliced(tmp_path: Path, mitmdump_factory: MdFactory) -> None:
-    with ScriptServer(drip(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", 0.5)) as dripping, MockProvider(
-        "backup"
-    ).start() as b:
+def test_slow_headers_are_cut_and_fail_over_never_spliced(
+    tmp_path: Path, mitmdump_factory: MdFactory
+) -> None:
+    with (
+        ScriptServer(drip(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", 0.5)) as dripping,
+        MockProvider("backup").start() as b,
+    ):
         md = start(tmp_path, mitmdump_factory, dripping.base_url, b.base_url)
         assert md.regular_port is not None
         reply = fetch(md.regular_port, HOST, *request_for("anthropic", False))
@@ -96,7 +120,9 @@ def test_slow_headers_are_cut_and_fail_over_never_spliced(tmp_path: Path, mitmdu
         assert "Bad HTTP response line" not in md.log_text()
 
 
-def test_100_continue_is_interim_the_client_gets_the_real_answer(tmp_path: Path, mitmdump_factory: MdFactory) -> None:
+def test_100_continue_is_interim_the_client_gets_the_real_answer(
+    tmp_path: Path, mitmdump_factory: MdFactory
+) -> None:
     answer = json.dumps({"content": [{"type": "text", "text": "hello from primary"}]}).encode()
     head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(answer)
     with ScriptServer(continue_then(head + answer, 0.2)) as primary, MockProvider("backup").start() as b:
@@ -111,7 +137,9 @@ def test_100_continue_is_interim_the_client_gets_the_real_answer(tmp_path: Path,
 # --- 5-6: answers are whole or visibly broken, and memory stays bounded --------------------------------
 
 
-def test_a_failover_stream_larger_than_any_copy_limit_arrives_whole(tmp_path: Path, mitmdump_factory: MdFactory) -> None:
+def test_a_failover_stream_larger_than_any_copy_limit_arrives_whole(
+    tmp_path: Path, mitmdump_factory: MdFactory
+) -> None:
     with MockProvider("primary").start() as p, MockProvider("backup").start() as b:
         p.fault("status", status=529)
         b.fault("big_stream", count=3000, size=4096)  # about 12 MB of events
@@ -140,14 +168,26 @@ def test_a_gigabyte_answer_does_not_grow_memory_and_fails_over(
 
 
 @pytest.mark.timeout(120)
-def test_requests_in_flight_survive_reloads_that_rename_providers(tmp_path: Path, mitmdump_factory: MdFactory) -> None:
+def test_requests_in_flight_survive_reloads_that_rename_providers(
+    tmp_path: Path, mitmdump_factory: MdFactory
+) -> None:
     with MockProvider("primary").start() as p, MockProvider("backup").start() as b:
         p.fault("status", status=529)
         b.fault("slow_stream", interval=0.02)
         md = start(tmp_path, mitmdump_factory, p.base_url, b.base_url, "--set", "detour_watch_ms=100")
         cfg = tmp_path / "config.yaml"
-        document = json.loads(json.dumps(configs.config({"claude": configs.app(HOST, [
-            configs.provider("primary", p.base_url), configs.provider("backup", b.base_url)])})))  # fmt: skip
+        document = json.loads(
+            json.dumps(
+                configs.config(
+                    {
+                        "claude": configs.app(
+                            HOST,
+                            [configs.provider("primary", p.base_url), configs.provider("backup", b.base_url)],
+                        )
+                    }
+                )
+            )
+        )
         assert md.regular_port is not None
         port = md.regular_port
 
@@ -185,8 +225,13 @@ def test_the_config_watcher_survives_a_pathological_file_and_reports_a_deleted_o
         good = cfg.read_text()
         configs.write(cfg, "[" * 5000)
         assert md.wait_for_log("nested too deeply", 10), md.log_tail()
-        reordered = configs.config({"claude": configs.app(HOST, [configs.provider("backup", b.base_url),
-                                                                 configs.provider("primary", p.base_url)])})  # fmt: skip
+        reordered = configs.config(
+            {
+                "claude": configs.app(
+                    HOST, [configs.provider("backup", b.base_url), configs.provider("primary", p.base_url)]
+                )
+            }
+        )
         configs.write(cfg, reordered)
         assert wait_until(lambda: ask(md) == "ok:backup", 10)  # still watching: the good edit took
         cfg.unlink()
@@ -196,7 +241,9 @@ def test_the_config_watcher_survives_a_pathological_file_and_reports_a_deleted_o
         assert md.alive
 
 
-def test_a_fifo_in_place_of_the_config_never_freezes_the_listeners(tmp_path: Path, mitmdump_factory: MdFactory) -> None:
+def test_a_fifo_in_place_of_the_config_never_freezes_the_listeners(
+    tmp_path: Path, mitmdump_factory: MdFactory
+) -> None:
     with MockProvider("primary").start() as p, MockProvider("backup").start() as b:
         md = start(tmp_path, mitmdump_factory, p.base_url, b.base_url, "--set", "detour_watch_ms=100")
         cfg = tmp_path / "config.yaml"
@@ -225,7 +272,9 @@ time.time = _shifted
 """
 
 
-def test_a_wall_clock_jump_does_not_time_out_healthy_requests(tmp_path: Path, mitmdump_factory: MdFactory) -> None:
+def test_a_wall_clock_jump_does_not_time_out_healthy_requests(
+    tmp_path: Path, mitmdump_factory: MdFactory
+) -> None:
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "sitecustomize.py").write_text(SITECUSTOMIZE)
@@ -234,9 +283,11 @@ def test_a_wall_clock_jump_does_not_time_out_healthy_requests(tmp_path: Path, mi
     with MockProvider("primary").start() as p, MockProvider("backup").start() as b:
         p.fault("slow_first_byte", delay=0.6)
         queue = [configs.provider("primary", p.base_url), configs.provider("backup", b.base_url)]
-        document = configs.config({"claude": configs.app(HOST, queue)},
-                                  timeouts={"connect": "1s", "first_byte": "3s", "idle": "3s"},
-                                  breaker={"failure_threshold": 1, "open_for": "60s", "max_open_for": "60s"})  # fmt: skip
+        document = configs.config(
+            {"claude": configs.app(HOST, queue)},
+            timeouts={"connect": "1s", "first_byte": "3s", "idle": "3s"},
+            breaker={"failure_threshold": 1, "open_for": "60s", "max_open_for": "60s"},
+        )
         cfg = configs.write(tmp_path / "config.yaml", document)
         env = {**KEY_ENV, "DETOUR_TIME_SHIFT_FILE": str(shift), "PYTHONPATH": str(shim)}
         md = mitmdump_factory(cfg, regular_port=free_port(), env=env)
@@ -258,35 +309,15 @@ def test_a_wall_clock_jump_does_not_time_out_healthy_requests(tmp_path: Path, mi
 # --- 12-13: what a model mapping does to the body ----------------------------------------------------
 
 
-ENCODINGS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
-    "gzip": (gzip.compress, gzip.decompress),
-    "deflate": (zlib.compress, zlib.decompress),
-}
-
-
-def _add_optional_codecs() -> None:
-    try:
-        import brotli
-
-        ENCODINGS["br"] = (brotli.compress, brotli.decompress)
-    except ImportError:  # pragma: no cover - a mitmproxy dependency
-        pass
-    try:
-        import zstandard
-
-        ENCODINGS["zstd"] = (zstandard.ZstdCompressor().compress, lambda d: zstandard.ZstdDecompressor().decompress(d))
-    except ImportError:  # pragma: no cover - a mitmproxy dependency
-        pass
-
-
-_add_optional_codecs()
+ENCODINGS = ("gzip", "deflate", "br", "zstd")
 
 
 @pytest.mark.parametrize("encoding", sorted(ENCODINGS))
 def test_a_compressed_request_body_gets_its_model_mapped(
     encoding: str, tmp_path: Path, mitmdump_factory: MdFactory
 ) -> None:
-    compress, decompress = ENCODINGS[encoding]
+    from addon import codecs
+
     with MockProvider("backup").start() as b:
         queue = [configs.provider("backup", b.base_url, models={"claude-*": "mapped-model"})]
         cfg = configs.write(tmp_path / "config.yaml", configs.config({"claude": configs.app(HOST, queue)}))
@@ -294,11 +325,11 @@ def test_a_compressed_request_body_gets_its_model_mapped(
         assert md.regular_port is not None
         raw = b'{"model": "claude-opus-4", "n": 1e400, "max_tokens": 5, "messages": []}'
         headers = {"x-api-key": CLIENT_KEY, "content-type": "application/json", "content-encoding": encoding}
-        reply = fetch(md.regular_port, HOST, "/v1/messages", compress(raw), headers)
+        reply = fetch(md.regular_port, HOST, "/v1/messages", codecs.encode(encoding, raw), headers)
         assert reply.status == 200
         (rec,) = b.received
         assert rec.headers["content-encoding"] == encoding
-        assert decompress(rec.body) == raw.replace(b'"claude-opus-4"', b'"mapped-model"')
+        assert codecs.decode(encoding, rec.body) == raw.replace(b'"claude-opus-4"', b'"mapped-model"')
 
 
 def test_the_model_mapping_changes_no_other_byte(tmp_path: Path, mitmdump_factory: MdFactory) -> None:

@@ -359,7 +359,7 @@ async def test_switch_pins_and_auto_unpins(rig: Rig, caplog: pytest.LogCaptureFi
     flow = await rig.ask()
     assert flow.response is not None and flow.response.headers["x-detour-provider"] == "backup"
     rig.tctx.command(rig.addon.switch, "claude", "auto")
-    assert rig.tctx.command(rig.addon.status)[0] == "claude: current=backup"
+    assert rig.tctx.command(rig.addon.status)[0] == "claude: current=primary"  # its circuit is closed
 
 
 @pytest.mark.parametrize(

@@ -153,6 +153,9 @@ class Mitmdump:
         md = cls(proc, argv, log, log_file, confdir, regular_port, rev)
         try:
             md._wait_listening(ports, start_timeout)
+            # mitmproxy 12 listens before it loads `-s` scripts: wait until Detour has its config.
+            if script == DEFAULT_SCRIPT and not md.wait_for_log("detour: loaded", start_timeout):
+                raise TimeoutError(f"Detour did not load its config\n--- log tail ---\n{md.log_tail()}")
         except BaseException:
             md.kill()
             raise

@@ -678,7 +678,8 @@ class MockProvider:
             await self._send_simple(writer, 200, payload, close, extra)
             return not close
 
-        self._big = (int(params.get("count", 1000)), int(params.get("size", 4096))) if kind == "big_stream" else None
+        big = kind == "big_stream"
+        self._big = (int(params.get("count", 1000)), int(params.get("size", 4096))) if big else None
         events = self._sse_events(api, model, body_json)
         headers = {
             "content-type": "text/event-stream; charset=utf-8",

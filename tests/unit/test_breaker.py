@@ -656,17 +656,6 @@ def test_stale_success_never_closes_with_any_timing() -> None:
 
 # --- forced failure in half-open --------------------------------------------------------------------
 
-FORCED_BUG = (
-    "BUG: recorded() treats a FORCED permit's failure like a probe failure whenever the circuit is "
-    "HALF_OPEN at record time (it only special-cases forced permits while OPEN), so the forced "
-    "failure reopens the circuit with a DOUBLED period (open_for*2 = 60 s instead of <= 30 s). "
-    "The spec says a forced call's failure does not lengthen the period. Happens (1) when the router "
-    "forces a half-open provider whose probe slots are full, (2) when a forced permit taken while "
-    "OPEN fails after open_until has passed (refreshed() turns it HALF_OPEN first)."
-)
-
-
-
 def test_forced_failure_in_half_open_does_not_lengthen() -> None:
     d = Driver(P).run([*HALF_OPENED, ("acquire", "a"), ("forced", "f"), ("record", "f", "fail")])
     assert d.cb.open_remaining() <= P.open_for

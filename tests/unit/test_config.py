@@ -326,7 +326,8 @@ ERRORS = [
     (backup(models={1: "x"}), f"{P1}.models[1]: model pattern must be a non-empty string, got integer"),
     # unknown keys, at every level
     (doc(stat="x"),
-     "stat: unknown key (expected one of: apps, attempt_log_limit, breaker, state, switch_min_interval, "
+     "stat: unknown key (expected one of: apps, attempt_log_limit, breaker, max_body, state, "
+     "switch_min_interval, "
      "timeouts)"),
     (doc(breaker={"treshold": 1}), f"breaker.treshold: unknown key (expected one of: {BREAKER_KEYS})"),
     (doc(timeouts={"read": "1s"}), "timeouts.read: unknown key (expected one of: connect, first_byte, idle)"),
@@ -468,3 +469,16 @@ def test_an_env_value_with_control_characters_disables_the_provider_without_echo
     (warning,) = cfg.warnings
     assert "DETOUR_CFG_BAD" in warning and "control characters" in warning
     assert "sk-x" not in warning and "evil" not in warning
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("32MB", 32_000_000), ("32MiB", 32 * 1024**2), ("1GiB", 1024**3), (65536, 65536), ("512 KiB", 524288)],
+)
+def test_max_body_sizes(value: object, expected: int) -> None:
+    assert parse(doc(max_body=value)).max_body == expected
+
+
+@pytest.mark.parametrize("value", ["2GB", "1KB", "lots", True, -5])
+def test_max_body_out_of_bounds(value: object) -> None:
+    assert error(doc(max_body=value)).startswith("config.yaml: max_body: must be")

@@ -13,7 +13,7 @@ from statedb import recent
 
 from addon.breaker import State
 from addon.classify import Outcome, Verdict
-from addon.control import Control
+from addon.control import DETACHED, Control
 from addon.model import App, BreakerPolicy, Config, Provider
 from addon.state import SqliteBackend
 
@@ -100,8 +100,7 @@ def test_failures_open_the_breaker_and_persist_the_snapshot(core: Core, db: Path
 def test_restart_restores_open_circuit_and_current_provider(db: Path, clock: FakeClock) -> None:
     first = Core(CONFIG, clock, StateStore(db))
     trip(first, "primary")
-    attempt(first, "backup", OK)
-    assert first.served("claude", "backup", "primary open") is not None
+    assert first.switches.current("claude") == "backup"  # the open circuit moved the app
     first.close()
 
     clock.advance(5)
@@ -116,9 +115,12 @@ def test_restart_restores_open_circuit_and_current_provider(db: Path, clock: Fak
         second.close()
 
 
-def test_switch_event_is_persisted_as_current(core: Core, db: Path) -> None:
-    event = core.served("claude", "third", "failover")
-    assert event is not None and (event.from_provider, event.to_provider) == ("primary", "third")
+def test_switch_event_is_persisted_as_current(core: Core, db: Path, clock: FakeClock) -> None:
+    trip(core, "primary")
+    trip(core, "backup")
+    clock.advance(10.0)  # switch_min_interval
+    core.candidates(core.config.apps[0])
+    assert core.switches.current("claude") == "third"
     assert core.store.flush()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT provider FROM current_provider WHERE app='claude'").fetchone() == (
@@ -128,7 +130,66 @@ def test_switch_event_is_persisted_as_current(core: Core, db: Path) -> None:
 
 def test_fresh_core_adopts_first_provider_as_current(core: Core) -> None:
     assert core.switches.current("claude") == "primary"
-    assert core.served("claude", "primary", "ok") is None
+    attempt(core, "backup", OK)  # one request served elsewhere is no switch
+    attempt(core, "primary", FAIL)
+    assert core.switches.current("claude") == "primary"
+
+
+def test_one_switch_line_per_real_switch_with_its_true_reason(
+    core: Core, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="detour")
+    trip(core, "primary")
+    clock.advance(POLICY.open_for)
+    for _ in range(POLICY.success_threshold):  # half-open probes succeed: the circuit closes
+        attempt(core, "primary", OK)
+    lines = [r.getMessage() for r in caplog.records if "failover switch" in r.getMessage()]
+    assert lines == [
+        "detour: failover switch claude: primary -> backup (primary: circuit open)",
+        "detour: failover switch claude: backup -> primary "
+        "(recovered: primary: circuit closed (2 probe successes))",
+    ]
+
+
+def test_switch_min_interval_holds_in_both_directions_then_applies(
+    db: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="detour")
+    c = Core(make_config("primary", "backup", "third", interval=60.0), clock, StateStore(db))
+    try:
+        trip(c, "primary")
+        assert c.switches.current("claude") == "backup"
+        clock.advance(POLICY.open_for)
+        for _ in range(POLICY.success_threshold):
+            attempt(c, "primary", OK)
+        assert c.switches.current("claude") == "backup"  # recovered 30 s after a switch: too soon
+        clock.advance(29.0)
+        c.candidates(c.config.apps[0])
+        assert c.switches.current("claude") == "backup"
+        clock.advance(1.0)
+        c.candidates(c.config.apps[0])  # the interval passed: the deferred switch happens now
+        assert c.switches.current("claude") == "primary"
+        assert sum("failover switch" in r.getMessage() for r in caplog.records) == 2
+    finally:
+        c.close()
+
+
+def test_breaker_periods_are_monotonic_and_survive_a_restart_in_wall_time(db: Path) -> None:
+    mono, wall = FakeClock(start=1000.0), FakeClock()
+    first = Core(CONFIG, mono, StateStore(db), wall)
+    trip(first, "primary")
+    wall.advance(3600)  # the wall clock jumps an hour: nothing about the breaker changes
+    assert first.router.breaker("claude", "primary").state() is State.OPEN
+    first.close()
+    mono2 = FakeClock(start=5.0)  # a new process: its monotonic clock starts anywhere
+    second = Core(CONFIG, mono2, StateStore(db), wall)
+    try:
+        # Stored relative to the wall clock at close, restored relative to the new monotonic clock:
+        # none of its open period was lost or gained by the jump, or by the restart.
+        remaining = second.router.breaker("claude", "primary").open_remaining()
+        assert remaining == pytest.approx(POLICY.open_for)
+    finally:
+        second.close()
 
 
 @pytest.mark.parametrize(
@@ -221,9 +282,9 @@ def test_reconfigure_forgets_removed_provider(core: Core, db: Path, clock: FakeC
     assert ("claude", "third") not in saved_breakers(db)
     with pytest.raises(KeyError):
         core.router.breaker("claude", "third")
-    # The removed current provider is replaced by the head of the queue; its pin is gone.
-    assert core.switches.current("claude") == "primary"
-    assert core.status_lines()[0] == "claude: current=primary"
+    # The removed current provider is replaced by the first closed circuit; its pin is gone.
+    assert core.switches.current("claude") == "backup"
+    assert core.status_lines()[0] == "claude: current=backup"
     # Surviving provider keeps its open circuit.
     assert core.router.breaker("claude", "primary").state() is State.OPEN
     assert ids(core.candidates(core.config.apps[0])) == ["backup"]
@@ -275,11 +336,14 @@ def test_acquire_next_pops_until_a_provider_admits(core: Core, clock: FakeClock)
     assert core.acquire_next("claude", []) is None
 
 
-def test_a_provider_removed_by_a_reload_is_skipped_by_a_request_in_flight(core: Core) -> None:
+def test_a_provider_removed_by_a_reload_is_still_tried_by_a_request_in_flight(core: Core, db: Path) -> None:
     queue = list(CONFIG.apps[0].providers)  # taken before the reload
     core.reconfigure(make_config("backup", "third"))
     picked = core.acquire_next("claude", queue)
-    assert picked is not None and picked[0].id == "backup"
+    assert picked is not None and picked[0].id == "primary" and picked[1] is DETACHED
+    assert core.record("claude", "primary", DETACHED, FAIL, 1.0) is None  # no breaker to charge
+    core.release("claude", "primary", DETACHED)
+    assert core.store.flush() and recent(db, 1)[0].provider == "primary"  # but the attempt is logged
 
 
 def test_retry_after_is_the_soonest_probe(core: Core, clock: FakeClock) -> None:

@@ -483,3 +483,16 @@ def test_events_without_an_attempt_are_a_protocol_error() -> None:
     ex = Exchange(app("primary"), DIALECTS["anthropic"], Delivery.WHOLE, [])
     with pytest.raises(ProtocolError):
         ex.handle(BodyData(b"x", 0.0))
+
+
+def test_a_request_a_provider_cant_take_skips_it_uncharged() -> None:
+    from addon.exchange import Unsendable
+
+    s = script()
+    s.feed(Unsendable("can't map the model: unsupported content-encoding 'compress'", s.clock.now))
+    assert [a.attempt.provider.id for a in s.of(Release)] == ["primary"]
+    assert s.providers_sent == ["primary", "backup"] and not s.of(Record)
+    s.answer(200, b"{}")
+    assert header(delivered(s), b"x-detour-attempts") == (
+        b"primary (not sendable: can't map the model: unsupported content-encoding 'compress')"
+    )

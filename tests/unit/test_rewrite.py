@@ -188,12 +188,6 @@ def test_body_unchanged(provider: Provider, body: bytes) -> None:
     assert for_provider(request(body=body), provider).body == body
 
 
-def test_a_compressed_body_is_forwarded_as_sent() -> None:
-    body = json.dumps(BODY).encode()
-    headers = (*CLIENT_HEADERS, (b"content-encoding", b"gzip"))
-    assert for_provider(request(body=body, headers=headers), prov()).body == body
-
-
 def test_only_the_model_value_changes_byte_for_byte() -> None:
     raw = json.dumps(BODY, indent=2, ensure_ascii=False).encode()
     out = map_body_model(raw, prov())
@@ -258,3 +252,39 @@ def test_every_auth_style_header_counts_as_a_client_credential() -> None:
 
     # A provider's key is masked wherever a client credential is: they must be the same headers.
     assert {style.header for style in AUTH_STYLES.values()} <= CLIENT_CREDENTIALS
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
+def test_a_compressed_body_is_decoded_mapped_and_encoded_again(coding: str) -> None:
+    from addon import codecs
+
+    raw = b'{"model": "claude-opus-4", "n": 1e400}'
+    headers = (*CLIENT_HEADERS, (b"content-encoding", coding.encode()))
+    out = for_provider(request(body=codecs.encode(coding, raw), headers=headers), prov())
+    assert codecs.decode(coding, out.body) == raw.replace(b"claude-opus-4", b"glm-4.6")
+    assert dict(out.headers)[b"content-length"] == str(len(out.body)).encode()
+
+
+@pytest.mark.parametrize(
+    ("coding", "body"),
+    [("compress", b"x"), ("gzip", b"not gzip"), ("gzip, br", b"x")],
+)
+def test_a_body_that_cant_be_decoded_makes_the_provider_unsendable(coding: str, body: bytes) -> None:
+    from addon.rewrite import Unsendable
+
+    headers = (*CLIENT_HEADERS, (b"content-encoding", coding.encode()))
+    with pytest.raises(Unsendable):
+        for_provider(request(body=body, headers=headers), prov())
+    # Without a mapping, the body goes as sent.
+    assert for_provider(request(body=body, headers=headers), prov(models=())).body == body
+
+
+def test_a_decompression_bomb_is_refused() -> None:
+    import gzip
+
+    from addon.rewrite import Unsendable
+
+    bomb = gzip.compress(b'{"model": "claude-opus-4", "x": "' + b"a" * (70 * 1024 * 1024) + b'"}')
+    headers = (*CLIENT_HEADERS, (b"content-encoding", b"gzip"))
+    with pytest.raises(Unsendable, match="larger than"):
+        for_provider(request(body=bomb, headers=headers), prov())

@@ -432,3 +432,29 @@ def test_memory_backend_keeps_everything_and_redacts() -> None:
     assert backend.open().current == {"claude": "backup"}
     backend.forget_breaker("claude", "primary")
     assert backend.open().breakers == {}
+
+
+def test_after_failed_writes_the_latest_current_provider_is_stored_again(
+    tmp_path: Path, stores: list[StateStore]
+) -> None:
+    path = tmp_path / "detour.db"
+    store, _ = open_store(stores, path, busy_timeout=0.05)
+    store.set_current("claude", "primary")
+    assert store.flush()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # like a full disk: every write fails for a while
+    try:
+        store.set_current("claude", "backup")
+        store.save_breaker("claude", "primary", BreakerSnapshot(State.OPEN, 3, 1_700_000_030.0, 30.0))
+        assert store.flush(timeout=30.0)
+        assert store.degraded is not None
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    store.log_attempt(rec(1))  # any later write that works...
+    assert store.flush(timeout=30.0)
+    assert store.degraded is None
+    with sqlite3.connect(path) as conn:  # ...brings the state up to date again
+        current = conn.execute("SELECT provider FROM current_provider WHERE app='claude'").fetchone()
+        assert current == ("backup",)
+        assert conn.execute("SELECT state FROM breaker WHERE provider='primary'").fetchone() == ("open",)

@@ -19,7 +19,7 @@ def manager(clock: FakeClock, interval: float = 10.0) -> tuple[SwitchManager, li
 def test_first_different_provider_emits_one_event() -> None:
     clock = FakeClock()
     sm, events = manager(clock)
-    event = sm.observe("claude", "backup", "primary failed: http 503")
+    event = sm.propose("claude", "backup", "primary failed: http 503")
     assert event is not None
     assert (event.app, event.from_provider, event.to_provider, event.reason) == (
         "claude",
@@ -34,13 +34,13 @@ def test_first_different_provider_emits_one_event() -> None:
 
 def test_same_provider_is_not_news() -> None:
     sm, events = manager(FakeClock())
-    assert sm.observe("claude", "primary", "ok") is None
+    assert sm.propose("claude", "primary", "ok") is None
     assert events == []
 
 
 def test_unknown_app_first_observation_switches_from_none() -> None:
     sm, _ = manager(FakeClock())
-    event = sm.observe("codex", "openai", "first")
+    event = sm.propose("codex", "openai", "first")
     assert event is not None and event.from_provider is None and event.to_provider == "openai"
 
 
@@ -48,9 +48,9 @@ def test_unknown_app_first_observation_switches_from_none() -> None:
 def test_min_interval_suppresses_flip_flop(wait: float, returns: bool) -> None:
     clock = FakeClock()
     sm, events = manager(clock, interval=10.0)
-    assert sm.observe("claude", "backup", "failover") is not None
+    assert sm.propose("claude", "backup", "failover") is not None
     clock.advance(wait)
-    back = sm.observe("claude", "primary", "recovered")
+    back = sm.propose("claude", "primary", "recovered")
     assert (back is not None) is returns
     assert sm.current("claude") == ("primary" if returns else "backup")
     assert len(events) == (2 if returns else 1)
@@ -60,13 +60,13 @@ def test_one_event_each_way_with_flapping_traffic() -> None:
     clock = FakeClock()
     sm, events = manager(clock, interval=10.0)
     for _ in range(5):  # requests land on both providers within the interval
-        sm.observe("claude", "backup", "failover")
-        sm.observe("claude", "primary", "recovered")
+        sm.propose("claude", "backup", "failover")
+        sm.propose("claude", "primary", "recovered")
         clock.advance(1)
     assert [(e.from_provider, e.to_provider) for e in events] == [("primary", "backup")]
     clock.advance(10)
-    sm.observe("claude", "primary", "recovered")
-    sm.observe("claude", "primary", "recovered")
+    sm.propose("claude", "primary", "recovered")
+    sm.propose("claude", "primary", "recovered")
     assert [(e.from_provider, e.to_provider) for e in events] == [
         ("primary", "backup"),
         ("backup", "primary"),
@@ -77,14 +77,14 @@ def test_interval_is_per_app() -> None:
     clock = FakeClock()
     events: list[SwitchEvent] = []
     sm = SwitchManager(clock, 10.0, {"claude": "a", "codex": "x"}, events.append)
-    assert sm.observe("claude", "b", "r") is not None
-    assert sm.observe("codex", "y", "r") is not None
+    assert sm.propose("claude", "b", "r") is not None
+    assert sm.propose("codex", "y", "r") is not None
 
 
 def test_force_ignores_interval_and_is_manual() -> None:
     clock = FakeClock()
     sm, events = manager(clock, interval=10.0)
-    sm.observe("claude", "backup", "failover")
+    sm.propose("claude", "backup", "failover")
     forced = sm.force("claude", "primary")
     assert forced is not None and forced.manual is True
     assert (forced.from_provider, forced.to_provider) == ("backup", "primary")
@@ -99,7 +99,7 @@ def test_adopt_sets_current_without_event() -> None:
     sm.adopt("claude", "backup")
     assert sm.current("claude") == "backup" and events == []
     # Adopting is not a switch: no interval starts.
-    assert sm.observe("claude", "primary", "r") is not None
+    assert sm.propose("claude", "primary", "r") is not None
 
 
 async def test_concurrent_asyncio_tasks_emit_exactly_one_event() -> None:
@@ -107,7 +107,7 @@ async def test_concurrent_asyncio_tasks_emit_exactly_one_event() -> None:
 
     async def one() -> SwitchEvent | None:
         await asyncio.sleep(0)
-        return sm.observe("claude", "backup", "primary failed")
+        return sm.propose("claude", "backup", "primary failed")
 
     results = await asyncio.gather(*(one() for _ in range(100)))
     assert sum(r is not None for r in results) == 1
@@ -122,7 +122,7 @@ def test_concurrent_threads_emit_exactly_one_event() -> None:
 
     def one() -> None:
         barrier.wait()
-        r = sm.observe("claude", "backup", "primary failed")
+        r = sm.propose("claude", "backup", "primary failed")
         with lock:
             results.append(r)
 
