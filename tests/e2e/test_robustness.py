@@ -272,19 +272,26 @@ time.time = _shifted
 """
 
 
-def test_a_wall_clock_jump_does_not_time_out_healthy_requests(
-    tmp_path: Path, mitmdump_factory: MdFactory
-) -> None:
+def test_a_wall_clock_jump_does_not_time_out_healthy_requests(tmp_path: Path, mitmdump_factory: MdFactory) -> None:
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "sitecustomize.py").write_text(SITECUSTOMIZE)
     shift = tmp_path / "shift"
     shift.write_text("0")
-    with MockProvider("primary").start() as p, MockProvider("backup").start() as b:
-        p.fault("slow_first_byte", delay=0.6)
+    with MockProvider("primary").start() as p, MockProvider("backup").start() as b, MockProvider(
+        "busy"
+    ).start() as busy:
+        p.fault("slow_first_byte", delay=1.5)  # healthy, only slow: well within first_byte
+        busy.fault("slow_stream", interval=0.2)  # other traffic with short deadlines keeps timers busy
         queue = [configs.provider("primary", p.base_url), configs.provider("backup", b.base_url)]
+        apps = {
+            "claude": configs.app(HOST, queue),
+            "busy": configs.app(
+                "busy.test", [configs.provider("busy", busy.base_url)], "anthropic", timeouts={"idle": "500ms"}
+            ),
+        }
         document = configs.config(
-            {"claude": configs.app(HOST, queue)},
+            apps,
             timeouts={"connect": "1s", "first_byte": "3s", "idle": "3s"},
             breaker={"failure_threshold": 1, "open_for": "60s", "max_open_for": "60s"},
         )
@@ -295,10 +302,13 @@ def test_a_wall_clock_jump_does_not_time_out_healthy_requests(
         async def burst() -> list[str]:
             assert md.regular_port is not None
             path, body, headers = request_for("anthropic", False)
+            spath, sbody, sheaders = request_for("anthropic", True)
             tasks = [async_fetch(md.regular_port, HOST, path, body, headers) for _ in range(10)]
-            jump = asyncio.to_thread(shift.write_text, "300")
-            replies = await asyncio.gather(*tasks, jump)
-            return [classify_reply(r, False) for r in replies[:-1]]
+            other = async_fetch(md.regular_port, "busy.test", spath, sbody, sheaders)
+            # The wall clock jumps 5 minutes while all ten wait for their (slow) headers.
+            jump = asyncio.to_thread(lambda: p.wait_for_requests(10, 5) and shift.write_text("300"))
+            replies = await asyncio.gather(*tasks, other, jump)
+            return [classify_reply(r, False) for r in replies[:10]]
 
         assert asyncio.run(burst()) == ["ok:primary"] * 10
         assert ask(md) == "ok:primary"  # and the breaker never opened
