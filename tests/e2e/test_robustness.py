@@ -272,22 +272,29 @@ time.time = _shifted
 """
 
 
-def test_a_wall_clock_jump_does_not_time_out_healthy_requests(tmp_path: Path, mitmdump_factory: MdFactory) -> None:
+def test_a_wall_clock_jump_does_not_time_out_healthy_requests(
+    tmp_path: Path, mitmdump_factory: MdFactory
+) -> None:
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "sitecustomize.py").write_text(SITECUSTOMIZE)
     shift = tmp_path / "shift"
     shift.write_text("0")
-    with MockProvider("primary").start() as p, MockProvider("backup").start() as b, MockProvider(
-        "busy"
-    ).start() as busy:
+    with (
+        MockProvider("primary").start() as p,
+        MockProvider("backup").start() as b,
+        MockProvider("busy").start() as busy,
+    ):
         p.fault("slow_first_byte", delay=1.5)  # healthy, only slow: well within first_byte
         busy.fault("slow_stream", interval=0.2)  # other traffic with short deadlines keeps timers busy
         queue = [configs.provider("primary", p.base_url), configs.provider("backup", b.base_url)]
         apps = {
             "claude": configs.app(HOST, queue),
             "busy": configs.app(
-                "busy.test", [configs.provider("busy", busy.base_url)], "anthropic", timeouts={"idle": "500ms"}
+                "busy.test",
+                [configs.provider("busy", busy.base_url)],
+                "anthropic",
+                timeouts={"idle": "500ms"},
             ),
         }
         document = configs.config(
