@@ -8,6 +8,8 @@ Endpoints
     ``POST /v1/chat/completions``   OpenAI Chat Completions API (JSON, or SSE when ``"stream": true``)
     ``POST /v1/responses``          OpenAI Responses API (JSON, or SSE ending with ``response.completed``
                                     and no ``[DONE]`` when ``"stream": true``)
+    ``POST /v1beta/models/M:generateContent`` / ``:streamGenerateContent?alt=sse``  Gemini (JSON or
+                                    SSE chunks, the last with ``finishReason``); ``:countTokens``
     ``GET /v1/responses``           with ``Upgrade: websocket``: Codex's WebSocket transport; each
                                     ``response.create`` text message is answered with the Responses
                                     events as text messages (``MockProvider(name, websocket=False)``
@@ -163,9 +165,43 @@ def _openai_error(status: int) -> tuple[str, str | None]:
     return "invalid_request_error", None
 
 
+def _gemini_call(route: str) -> tuple[str, str] | None:
+    """(model, method) of a Gemini API path (`/v1beta/models/M:method`), or None."""
+    for prefix in ("/v1beta/models/", "/v1/models/"):
+        if route.startswith(prefix) and ":" in route[len(prefix) :]:
+            model, _, method = route[len(prefix) :].partition(":")
+            return model, method
+    return None
+
+
+def _fill(schema: dict[str, Any]) -> Any:
+    """A minimal value satisfying a JSON schema (objects get their required properties)."""
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = str(schema.get("type", "object")).lower()
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {name: _fill(props.get(name, {})) for name in schema.get("required") or props}
+    if kind == "array":
+        return []
+    if kind in ("number", "integer"):
+        return 10
+    if kind == "boolean":
+        return False
+    return "mock"
+
+
 def default_error_body(route: str, status: int, name: str) -> dict[str, Any]:
     """The API-shaped error body the ``status`` fault sends when no ``body`` is given."""
     message = f"mock {name}: HTTP {status}"
+    if _gemini_call(route) is not None:
+        statuses = {
+            429: "RESOURCE_EXHAUSTED",
+            503: "UNAVAILABLE",
+            400: "INVALID_ARGUMENT",
+            401: "UNAUTHENTICATED",
+        }
+        return {"error": {"code": status, "message": message, "status": statuses.get(status, "INTERNAL")}}
     if route in (OPENAI_PATH, RESPONSES_PATH):
         etype, code = _openai_error(status)
         return {"error": {"message": message, "type": etype, "param": None, "code": code}}
@@ -633,6 +669,15 @@ class MockProvider:
         body_json = req.json if isinstance(req.json, dict) else {}
         stream = api is not None and req.method == "POST" and body_json.get("stream") is True
         model = str(body_json.get("model") or "mock-model")
+        gemini = _gemini_call(route)
+        if gemini is not None:
+            api, model = "gemini", gemini[0]
+            stream = gemini[1] == "streamGenerateContent"
+            if gemini[1] == "countTokens" and kind is None:
+                await self._send_simple(
+                    writer, 200, {"totalTokens": 10}, close, {"x-mock-provider": self.name}
+                )
+                return not close
 
         if kind == "reset":
             _rst(writer)
@@ -781,6 +826,13 @@ class MockProvider:
         return ["hello", " from ", self.name]
 
     def _json_response(self, api: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        if api == "gemini":
+            config = body.get("generationConfig") or {}
+            schema = config.get("responseJsonSchema") or config.get("responseSchema")
+            if config.get("responseMimeType") == "application/json" or schema:
+                # A client asking for structured output (Gemini CLI's model router) gets valid JSON.
+                return self._gemini_chunk(jsonlib.dumps(_fill(schema or {})), model, final=True)
+            return self._gemini_chunk(self.answer, model, final=True)
         if api == "responses":
             return self._response_object(model, "completed")
         if api == "anthropic":
@@ -811,36 +863,77 @@ class MockProvider:
         }
 
     def _response_object(self, model: str, status: str) -> dict[str, Any]:
-        output = [] if status != "completed" else [
-            {"type": "message", "id": "msg_mock", "status": "completed", "role": "assistant",
-             "content": [{"type": "output_text", "text": self.answer, "annotations": []}]}
-        ]
+        output = (
+            []
+            if status != "completed"
+            else [
+                {
+                    "type": "message",
+                    "id": "msg_mock",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": self.answer, "annotations": []}],
+                }
+            ]
+        )
         return {
-            "id": "resp_mock", "object": "response", "created_at": int(time.time()), "status": status,
-            "model": model, "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
-            "usage": {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15,
-                      "input_tokens_details": {"cached_tokens": 0},
-                      "output_tokens_details": {"reasoning_tokens": 0}},
+            "id": "resp_mock",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": status,
+            "model": model,
+            "output": output,
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": {
+                "input_tokens": 10,
+                "output_tokens": 5,
+                "total_tokens": 15,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
         }
 
     def _responses_events(self, model: str) -> list[tuple[str, dict[str, Any]]]:
         """The Responses API's events for one text answer: no `[DONE]`, `response.completed` last."""
-        item = {"type": "message", "id": "msg_mock", "status": "in_progress", "role": "assistant",
-                "content": []}
+        item = {
+            "type": "message",
+            "id": "msg_mock",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
+        }
         seq: list[tuple[str, dict[str, Any]]] = [
             ("response.created", {"response": self._response_object(model, "in_progress")}),
             ("response.output_item.added", {"output_index": 0, "item": item}),
-            ("response.content_part.added", {"item_id": "msg_mock", "output_index": 0, "content_index": 0,
-                                             "part": {"type": "output_text", "text": "", "annotations": []}}),
+            (
+                "response.content_part.added",
+                {
+                    "item_id": "msg_mock",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []},
+                },
+            ),
         ]
         for piece in self._pieces():
-            seq.append(("response.output_text.delta", {"item_id": "msg_mock", "output_index": 0,
-                                                       "content_index": 0, "delta": piece}))
-        done_item = {**item, "status": "completed",
-                     "content": [{"type": "output_text", "text": self.answer, "annotations": []}]}
+            seq.append(
+                (
+                    "response.output_text.delta",
+                    {"item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": piece},
+                )
+            )
+        done_item = {
+            **item,
+            "status": "completed",
+            "content": [{"type": "output_text", "text": self.answer, "annotations": []}],
+        }
         seq += [
-            ("response.output_text.done", {"item_id": "msg_mock", "output_index": 0, "content_index": 0,
-                                           "text": self.answer}),
+            (
+                "response.output_text.done",
+                {"item_id": "msg_mock", "output_index": 0, "content_index": 0, "text": self.answer},
+            ),
             ("response.output_item.done", {"output_index": 0, "item": done_item}),
             ("response.completed", {"response": self._response_object(model, "completed")}),
         ]
@@ -887,7 +980,23 @@ class MockProvider:
             if not data:
                 return
 
+    def _gemini_chunk(self, text: str, model: str, final: bool) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+        chunk: dict[str, Any] = {"candidates": [candidate], "modelVersion": model}
+        if final:
+            candidate["finishReason"] = "STOP"
+            chunk["usageMetadata"] = {
+                "promptTokenCount": 10,
+                "candidatesTokenCount": 5,
+                "totalTokenCount": 15,
+            }
+        return chunk
+
     def _sse_events(self, api: str, model: str, body: dict[str, Any]) -> list[bytes]:
+        if api == "gemini":
+            pieces = self._pieces()
+            chunks = [self._gemini_chunk(p, model, final=i == len(pieces) - 1) for i, p in enumerate(pieces)]
+            return [f"data: {jsonlib.dumps(c)}\r\n\r\n".encode() for c in chunks]
         if api == "responses":
             events = self._responses_events(model)
             return [f"event: {n}\ndata: {jsonlib.dumps(d)}\n\n".encode() for n, d in events]
