@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 REVERSE_BASE ?= 8081
 
-.PHONY: run web test check-fast lint bench clean
+.PHONY: run web test check-fast lint bench demo clean
 
 $(BIN)/mitmdump: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: lint
 
 check-fast: lint
 	$(BIN)/python -m pytest -q tests/unit tests/mitm
+
+# Mock providers, Detour, and every coding CLI found (ARGS=--install gets the pinned ones from npm).
+demo: $(BIN)/mitmdump
+	$(BIN)/python tests/support/demo.py $(ARGS)
 
 bench: $(BIN)/mitmdump
 	$(BIN)/python bench/run.py

@@ -389,8 +389,8 @@ class Exchange:
         self._last_failure: _Failure | None = None
         #: An attempt got past its connect: "nothing could be tried" no longer describes the outcome.
         self._reached = False
-        #: A provider answered a WebSocket handshake with "no WebSocket here".
-        self._no_websocket: _Failure | None = None
+        #: The status of the last failed WebSocket handshake, for the client when every provider failed.
+        self._failed_handshake: int | None = None
 
     # --- the driver's interface ---------------------------------------------------------------
 
@@ -424,7 +424,11 @@ class Exchange:
 
     def _on_exhausted(self, event: Exhausted) -> list[Action]:
         self.attempt = None
-        last = self._no_websocket or self._last_failure
+        if self._failed_handshake is not None:  # its body was never read: Detour says why
+            reasons = ", ".join(f"{a.provider} ({a.reason})" for a in self.failed)
+            message = f"every provider failed the WebSocket handshake: {reasons}"
+            return [self._refuse(self._failed_handshake, message, event.retry_after), self._done(None)]
+        last = self._last_failure
         if last is not None:
             body = redact_bytes(last.body, self.secrets)
             return [Deliver(last.status, self._client_headers(last.headers, None), body), self._done(None)]
@@ -475,13 +479,17 @@ class Exchange:
                 self._done(attempt.provider, verdict),
             ]
         if status in NO_WEBSOCKET:
-            self._no_websocket = self._no_websocket or _Failure(status, attempt.headers, b"")
+            # Not this provider's failure, and the queue's order still holds: the client is told to
+            # use HTTP (Codex falls back at once on 426; a 404 it retries for seconds), and its HTTP
+            # request goes to this same provider rather than a lower one that speaks WebSocket.
             self.failed.append(FailedAttempt(attempt.provider.id, f"no websocket (http {status})"))
-            return [Abort(attempt), Release(attempt), Pick()]
+            message = f"{attempt.provider.id} takes no WebSocket for this request: use HTTP"
+            return [Abort(attempt), Release(attempt), self._refuse(426, message, None), self._done(None)]
         assert attempt.status_verdict is not None
         verdict = attempt.status_verdict
         if not verdict.fails_over:  # a client error: the client gets it, as for any request
             return [Abort(attempt), Record(attempt, verdict), *self._deliver(attempt, verdict)]
+        self._failed_handshake = status
         return [Abort(attempt), *self._failed(attempt, verdict), Pick()]
 
     def _on_data(self, event: BodyData) -> list[Action]:

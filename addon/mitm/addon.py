@@ -22,7 +22,7 @@ from addon.control import Control, monotonic_control
 from addon.driver import Driver, Sender
 from addon.mitm.configfile import ConfigFile
 from addon.mitm.dispatch import Dispatcher
-from addon.mitm.flows import Headers, make_response, mask_credentials
+from addon.mitm.flows import AsSent, make_response, mask_flow
 from addon.mitm.internals import check_internals
 from addon.mitm.relay import Relay
 from addon.mitm.routing import Routes
@@ -46,9 +46,9 @@ class Detour:
         self.relay = Relay()
         self.routes = Routes()
         self.config_file = ConfigFile(self._use_config)
-        #: Routed flows between `requestheaders` and `request`: the client's headers as sent (the flow
-        #: shows them with credentials masked).
-        self._sent_headers: dict[str, Headers] = {}
+        #: Routed flows between `requestheaders` and `request`: the client's request as sent (the flow
+        #: shows it with credentials masked).
+        self._sent: dict[str, AsSent] = {}
         self._allow_hosts_set: list[str] | None = None
         self._watcher: asyncio.Future[None] | None = None
 
@@ -143,9 +143,7 @@ class Detour:
             return None
         # A streamed request body would leave before `request` could route it.
         flow.request.stream = False
-        headers = flow.request.headers
-        self._sent_headers[flow.id] = headers.fields
-        headers.fields = mask_credentials(headers.fields)
+        self._sent[flow.id] = mask_flow(flow)
         return None
 
     async def _refuse_if_local(self, flow: http.HTTPFlow) -> None:
@@ -156,7 +154,7 @@ class Detour:
             flow.response = make_response(403, _JSON, message)
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        sent = self._sent_headers.pop(flow.id, None)
+        sent = self._sent.pop(flow.id, None)
         app = self.routes.app_for(flow)
         if app is None or self.dispatch is None:
             return None
@@ -171,7 +169,7 @@ class Detour:
             self.dispatch.ended(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._sent_headers.pop(flow.id, None)
+        self._sent.pop(flow.id, None)
         if self.dispatch is not None:
             self.dispatch.ended(flow)
 

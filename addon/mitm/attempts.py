@@ -11,7 +11,7 @@ from __future__ import annotations
 from mitmproxy import connection, ctx, flow, http
 
 from addon.driver import AttemptReport
-from addon.mitm.flows import mask_credentials
+from addon.mitm.flows import mask_credentials, mask_query_credentials
 from addon.mitm.internals import finished_hook
 
 MARK_FAILED_ATTEMPT = ":warning:"
@@ -34,7 +34,7 @@ def attempt_flow(client: http.HTTPFlow, app: str, report: AttemptReport, total: 
         request.method.encode(),
         target.scheme.encode(),
         target.authority.encode(),
-        request.path.encode(),
+        mask_query_credentials(request.path).encode(),
         b"HTTP/1.1",
         http.Headers(fields),
         request.body,

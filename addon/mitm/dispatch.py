@@ -15,8 +15,8 @@ from addon.exchange import Delivery, Exchange, Limits, Result
 from addon.formats import Dialect, dialect_for
 from addon.mitm.attempts import needs_publishing, publish
 from addon.mitm.flows import (
+    AsSent,
     FlowSink,
-    Headers,
     SavedRequest,
     StreamCopy,
     annotate,
@@ -56,7 +56,7 @@ class Dispatcher:
         self.sockets: dict[str, tuple[str, str]] = {}
 
     def route(
-        self, flow: http.HTTPFlow, app: App, sent: Headers | None, allowed: bool
+        self, flow: http.HTTPFlow, app: App, sent: AsSent | None, allowed: bool
     ) -> Awaitable[None] | None:
         """Serve a routed flow; never lets it leave for the original host unrouted."""
         try:
@@ -70,7 +70,7 @@ class Dispatcher:
             return None
 
     def _route(
-        self, flow: http.HTTPFlow, app: App, sent: Headers | None, allowed: bool
+        self, flow: http.HTTPFlow, app: App, sent: AsSent | None, allowed: bool
     ) -> Awaitable[None] | None:
         dialect = dialect_for(app.api, flow.request.path)
         if not allowed:
@@ -112,7 +112,7 @@ class Dispatcher:
             flow.response = make_response(502, _JSON, body)
             return
         flow.response = sink.response
-        annotate(flow, app.name, result)
+        _tell(flow, app.name, result)
 
     async def _drive(
         self,
@@ -153,7 +153,7 @@ class Dispatcher:
         result = state.exchange.result
         if result is None:
             return
-        annotate(flow, state.app.name, result)
+        _tell(flow, state.app.name, result)
         if flow.websocket is not None and result.served_by is not None:
             self.sockets[flow.id] = (state.app.name, result.served_by.id)
 
@@ -172,6 +172,14 @@ class Dispatcher:
         mapped = map_body_model(message.content, provider)
         if mapped is not None:
             message.content = mapped
+
+
+def _tell(flow: http.HTTPFlow, app: str, result: Result) -> None:
+    """Annotate the flow for mitmweb; log a line for a request that was not served by the first
+    provider tried, because mitmdump's own flow line shows the original host with the answer."""
+    annotate(flow, app, result)
+    if result.failed or result.served_by is None:
+        logger.info("%s: %s %s", flow.comment, flow.request.method, flow.request.path)
 
 
 def _delivery(request: ClientRequest, dialect: Dialect) -> Delivery:

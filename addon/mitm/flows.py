@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
 from mitmproxy import connection, http
 
-from addon.credentials import CLIENT_CREDENTIALS
+from addon.credentials import CLIENT_CREDENTIAL_PARAMS, CLIENT_CREDENTIALS
 from addon.exchange import Result, attempts_text
 from addon.rewrite import ClientRequest
 
@@ -21,11 +22,47 @@ MARK_ALL_FAILED = ":x:"
 COPY_LIMIT = 8 * 1024 * 1024
 
 
-def client_request(flow: http.HTTPFlow, sent: Headers | None = None) -> ClientRequest:
-    """The client's request; `sent` are its headers as sent, when the flow now shows them masked."""
+@dataclass(frozen=True, slots=True)
+class AsSent:
+    """A routed request's headers and path as the client sent them, while its flow shows them with
+    credentials masked (mitmweb, saved flows, mitmdump's flow line)."""
+
+    fields: Headers
+    path: str
+
+
+def mask_flow(flow: http.HTTPFlow) -> AsSent:
+    """Mask the client's credentials on its flow, before any other addon sees them; return the
+    originals for the providers that need them."""
     request = flow.request
-    fields = tuple((name.lower(), value) for name, value in (sent or request.headers.fields))
-    return ClientRequest(request.method, request.path, fields, request.raw_content or b"")
+    sent = AsSent(request.headers.fields, request.path)
+    request.headers.fields = mask_credentials(sent.fields)
+    request.path = mask_query_credentials(sent.path)
+    return sent
+
+
+def client_request(flow: http.HTTPFlow, sent: AsSent | None = None) -> ClientRequest:
+    """The client's request as it sent it (`sent`, when its flow now shows credentials masked)."""
+    request = flow.request
+    raw = sent.fields if sent is not None else request.headers.fields
+    fields = tuple((name.lower(), value) for name, value in raw)
+    path = sent.path if sent is not None else request.path
+    return ClientRequest(request.method, path, fields, request.raw_content or b"")
+
+
+def mask_query_credentials(path: str) -> str:
+    """`path` with the value of every credential parameter (Gemini's `?key=`) masked, the rest
+    byte for byte as it was."""
+    bare, sep, query = path.partition("?")
+    if not sep:
+        return path
+    pairs = []
+    for pair in query.split("&"):
+        name, eq, _ = pair.partition("=")
+        if eq and unquote_plus(name).lower() in CLIENT_CREDENTIAL_PARAMS:
+            pair = f"{name}=***"
+        pairs.append(pair)
+    return f"{bare}?{'&'.join(pairs)}"
 
 
 def mask_credentials(fields: Headers) -> Headers:

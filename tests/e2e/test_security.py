@@ -245,6 +245,39 @@ def test_no_key_in_logs_saved_flows_or_state_on_any_path(tmp_path: Path, mitmdum
                 assert not secret_leaks(f.read_bytes()), f.name
 
 
+@pytest.mark.timeout(60)
+def test_a_client_key_in_the_query_is_masked_in_logs_and_saved_flows(
+    tmp_path: Path, mitmdump_factory: MdFactory
+) -> None:
+    """Gemini's `?key=`: the provider without a key of its own still gets it; nothing else shows it."""
+    flows = tmp_path / "flows.mitm"
+    with MockProvider("primary").start() as p, MockProvider("backup").start() as b:
+        queue = [
+            configs.provider("primary", p.base_url, api_key="none"),
+            configs.provider("backup", b.base_url, BACKUP_KEY_ENV),
+        ]
+        cfg = write_config(tmp_path, {"gemini": configs.app("generativelanguage.googleapis.com", queue)})
+        port = free_port()
+        md = mitmdump_factory(
+            cfg, reverse={port: "https://generativelanguage.googleapis.com"}, env=KEY_ENV,
+            extra_args=["-w", str(flows), "--set", "flow_detail=4"],
+        )  # fmt: skip
+        doc = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+        path = f"/v1beta/models/gemini-test:generateContent?alt=json&key={CLIENT_KEY}"
+        p.fault("status", status=503, times=1)
+        status, headers, _ = post_json(port, path, doc, {})
+        assert status == 200 and headers["x-detour-provider"] == "backup"
+        (to_primary,) = p.received
+        assert f"key={CLIENT_KEY}" in to_primary.path  # its only credential
+        (to_backup,) = b.received
+        assert CLIENT_KEY not in to_backup.path and to_backup.headers["x-goog-api-key"] == KEY_B
+        md.stop()
+        assert "generateContent?alt=json&key=***" in md.log_text()
+        assert not secret_leaks(md.log_text().encode()), "a key is in mitmdump's log"
+        saved = flows.read_bytes()
+        assert len(flows_in(flows)) == 3 and not secret_leaks(saved), "a key is in the saved flows"
+
+
 @pytest.mark.timeout(90)
 def test_mitmweb_never_shows_a_key_while_detour_waits_or_after(
     tmp_path: Path, mitmdump_factory: MdFactory

@@ -70,9 +70,10 @@ def test_a_failing_primary_hands_the_socket_to_the_backup_with_its_key_and_model
         assert md.alive and "Traceback" not in md.log_text()
 
 
-def test_a_provider_without_websocket_is_skipped_and_not_charged(
+def test_a_provider_without_websocket_sends_the_client_to_http_uncharged(
     tmp_path: Path, mitmdump_factory: Callable[..., Mitmdump]
 ) -> None:
+    """The queue's order holds: no lower provider takes the socket of a healthy primary without one."""
     with (
         MockProvider("primary", websocket=False).start() as primary,
         MockProvider("backup").start() as backup,
@@ -80,7 +81,8 @@ def test_a_provider_without_websocket_is_skipped_and_not_charged(
         md, port = start(tmp_path, mitmdump_factory, primary, backup)
         for _ in range(4):  # more than failure_threshold (3)
             turn = responses_turn(port, headers=AUTH)
-            assert turn.status == 101 and turn.headers["x-detour-provider"] == "backup"
+            assert turn.status == 426, turn
+        assert backup.count() == 0
         # The primary's circuit stayed closed: HTTP requests still go to it.
         assert md.regular_port is not None
         path, body, headers = request_for("responses", True)
@@ -99,5 +101,5 @@ def test_when_no_provider_speaks_websocket_the_client_is_told_at_once(
     ):
         md, port = start(tmp_path, mitmdump_factory, p, b)
         turn = responses_turn(port, headers=AUTH)
-        assert turn.status == 404  # the client falls back to HTTP streaming
+        assert turn.status == 426  # the client falls back to HTTP streaming at once
         assert md.alive

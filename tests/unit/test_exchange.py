@@ -456,27 +456,42 @@ def test_the_responses_api_ends_with_response_completed_and_no_done() -> None:
 
 
 def test_a_websocket_handshake_binds_the_provider_that_answers_101() -> None:
-    s = script(Delivery.UPGRADE, "primary", "nows", "backup", dialect="openai-responses")
+    s = script(Delivery.UPGRADE, dialect="openai-responses")
     s.connect()
     s.head(503)
     s.connect()
-    s.head(404)  # "no WebSocket here": not the provider's failure
-    s.connect()
     actions = s.head(101, ((b"upgrade", b"websocket"), (b"connection", b"Upgrade")))
     assert s.records == [("primary", Outcome.PROVIDER_FAILURE), ("backup", Outcome.SUCCESS)]
-    assert [a.attempt.provider.id for a in s.of(Release)] == ["nows"]
     upgrade = next(a for a in actions if isinstance(a, Upgrade))
     assert (b"upgrade", b"websocket") in upgrade.headers  # kept: the client's handshake needs it
     assert header(upgrade, b"x-detour-provider") == b"backup"
 
 
-def test_when_no_provider_speaks_websocket_the_client_gets_that_answer() -> None:
+@pytest.mark.parametrize("status", [404, 405, 426])
+def test_a_provider_without_websocket_tells_the_client_to_use_http(status: int) -> None:
+    """Not its failure, and no lower provider takes the socket instead: the queue's order holds for
+    the client's HTTP request. 426, because Codex retries a 404 handshake with backoff for seconds but
+    falls back to HTTP streaming at once on 426."""
+    s = script(Delivery.UPGRADE, "primary", "nows", "backup", dialect="openai-responses")
+    s.connect()
+    s.head(503)
+    s.connect()
+    s.head(status)
+    assert s.records == [("primary", Outcome.PROVIDER_FAILURE)]
+    assert [a.attempt.provider.id for a in s.of(Release)] == ["nows"]
+    assert s.providers_sent == ["primary", "nows"]
+    answer = delivered(s)
+    assert answer.status == 426 and b"use HTTP" in answer.body
+    attempts = b"primary (http 503), nows (no websocket (http %d))" % status
+    assert header(answer, b"x-detour-attempts") == attempts
+
+
+def test_when_every_provider_fails_the_handshake_the_client_gets_the_failure() -> None:
     s = script(Delivery.UPGRADE, dialect="openai-responses")
     for _ in range(2):
         s.connect()
-        s.head(426)
-    assert not s.of(Record)
-    assert delivered(s).status == 426
+        s.head(503)
+    assert delivered(s).status == 503
 
 
 def test_events_without_an_attempt_are_a_protocol_error() -> None:

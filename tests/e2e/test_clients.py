@@ -1,0 +1,169 @@
+"""The real CLIs (Claude Code, Codex, Gemini CLI at pinned versions) through a real mitmdump with
+Detour, in base-URL and system-proxy mode, primary failing and backup healthy: each exits 0 with the
+backup's answer, the backup sees its own key in its auth style and never the client's, and every
+model the CLI asks for is mapped. Codex runs over both its transports (WebSocket, HTTP streaming).
+
+The CLIs come from npm (tests/support/clis.py); only an unreachable registry skips these tests.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import clis
+import pytest
+from configs import CLIENT_KEY, KEY_B
+from mockprovider import Received
+
+pytestmark = [pytest.mark.integration, pytest.mark.clients]
+
+#: The model API's paths per CLI (other calls, e.g. Codex's GET /v1/models, are not model requests).
+MODEL_PATHS = {"claude": "/v1/messages", "codex": "/v1/responses", "gemini": "/v1beta/models/"}
+
+
+@pytest.fixture(scope="module")
+def executables() -> dict[str, Path]:
+    try:
+        return clis.install()
+    except clis.Unavailable as e:
+        pytest.skip(f"the CLIs can't be installed: {e}")
+
+
+@pytest.fixture
+def rig_factory(tmp_path: Path) -> Iterator[list[clis.Rig]]:
+    rigs: list[clis.Rig] = []
+    yield rigs
+    for rig in reversed(rigs):
+        rig.__exit__(None, None, None)
+
+
+def start(rigs: list[clis.Rig], tmp_path: Path, **kw: object) -> clis.Rig:
+    rig = clis.Rig(tmp_path / f"rig{len(rigs)}", **kw)  # type: ignore[arg-type]
+    rig.__enter__()
+    rigs.append(rig)
+    return rig
+
+
+def describe(outcome: clis.Outcome, rig: clis.Rig) -> str:
+    return (
+        f"{outcome.cli} {outcome.mode}: rc={outcome.returncode} in {outcome.seconds:.1f}s"
+        f"\n--- stdout ---\n{outcome.stdout[-1500:]}\n--- stderr ---\n{outcome.stderr[-3000:]}"
+        f"\n--- mitmdump ---\n{rig.md.log_tail(30)}"
+    )
+
+
+def model_of(rec: Received, cli: str) -> str | None:
+    if cli == "gemini":
+        return rec.path.split("/models/", 1)[1].split(":", 1)[0]
+    if rec.method == "GET":
+        return None  # a WebSocket handshake: the model travels in its messages
+    model = json.loads(rec.body).get("model")
+    return model if isinstance(model, str) else None
+
+
+def assert_backup_served_properly(rig: clis.Rig, cli: str) -> None:
+    spec = clis.CLIS[cli]
+    model_requests = [r for r in rig.backup.received if r.path.startswith(MODEL_PATHS[cli])]
+    assert model_requests, f"the backup got no model request: {[r.path for r in rig.backup.received]}"
+    for rec in rig.backup.received:
+        wire = json.dumps(rec.raw_headers) + rec.path + rec.body.decode("utf-8", "replace")
+        assert CLIENT_KEY not in wire, f"the client's key reached the backup: {rec.method} {rec.path}"
+        assert rec.headers.get(spec.auth_header) == spec.auth_prefix + KEY_B, (rec.path, rec.headers)
+    mapped = clis.BACKUP_MODELS[cli][1]
+    for rec in model_requests:
+        model = model_of(rec, cli)
+        assert model in (None, mapped), f"model not mapped: {model} on {rec.path}"
+    for message in rig.backup.ws_messages:
+        doc = json.loads(message)
+        if doc.get("type") == "response.create":
+            assert doc.get("model") == mapped, doc.get("model")
+
+
+def assert_ran_on_backup(outcome: clis.Outcome, rig: clis.Rig) -> None:
+    assert outcome.returncode == 0, describe(outcome, rig)
+    assert "hello from backup" in outcome.stdout, describe(outcome, rig)
+    assert_backup_served_properly(rig, outcome.cli)
+    if rig.primary is not None:
+        for rec in rig.primary.received:
+            assert CLIENT_KEY not in json.dumps(rec.raw_headers) + rec.path
+    log = rig.md.log_text()
+    assert CLIENT_KEY not in log and KEY_B not in log
+    assert "served by backup after primary" in log, rig.md.log_tail()
+
+
+# --- failover, every CLI in both modes ------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("cli", "mode", "fault"),
+    [
+        ("claude", "base-url", 529),
+        ("claude", "base-url", "refused"),
+        ("claude", "proxy", 529),
+        ("codex", "base-url", 503),
+        ("codex", "base-url", "refused"),
+        ("codex", "proxy", 503),
+        ("gemini", "base-url", 503),
+        ("gemini", "base-url", "refused"),
+        ("gemini", "proxy", 503),
+    ],
+)
+def test_cli_fails_over_to_the_backup(
+    cli: str,
+    mode: str,
+    fault: int | str,
+    executables: dict[str, Path],
+    rig_factory: list[clis.Rig],
+    tmp_path: Path,
+) -> None:
+    rig = start(rig_factory, tmp_path, primary_fault=fault)
+    outcome = rig.run(cli, executables[cli], mode)
+    assert_ran_on_backup(outcome, rig)
+    if cli == "codex":  # Codex's first transport: the backup took the WebSocket
+        assert rig.backup.ws_messages, describe(outcome, rig)
+
+
+@pytest.mark.timeout(300)
+def test_codex_over_http_streaming_fails_over_too(
+    executables: dict[str, Path], rig_factory: list[clis.Rig], tmp_path: Path
+) -> None:
+    """A backup without WebSocket answers the upgrade 404: Codex falls back to HTTP streaming at once,
+    and that is served by the backup too (the 404 charges nobody)."""
+    rig = start(rig_factory, tmp_path, primary_fault=503, backup_websocket=False)
+    outcome = rig.run("codex", executables["codex"], "base-url")
+    assert_ran_on_backup(outcome, rig)
+    assert not rig.backup.ws_messages
+    assert any(r.method == "POST" and r.path == "/v1/responses" for r in rig.backup.received)
+    assert outcome.seconds < 30, describe(outcome, rig)
+
+
+# --- a healthy primary stays the primary ----------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_codex_turns_on_a_healthy_primary_never_charge_it(
+    executables: dict[str, Path], rig_factory: list[clis.Rig], tmp_path: Path
+) -> None:
+    """Six turns, three over WebSocket and three over HTTP streaming (Responses streams end with
+    `response.completed` and no `[DONE]`): all served by the primary, none counted as a failure."""
+    rig = start(rig_factory, tmp_path)
+    primary = rig.primary
+    assert primary is not None
+    for turn in range(6):
+        primary.websocket = rig.backup.websocket = turn < 3
+        outcome = rig.run("codex", executables["codex"], "base-url", prompt=f"turn {turn}")
+        assert outcome.returncode == 0, describe(outcome, rig)
+        assert "hello from primary" in outcome.stdout, describe(outcome, rig)
+    assert not rig.backup.received
+    upgrades = [r for r in primary.received if r.method == "GET" and r.path == "/v1/responses"]
+    posts = [r for r in primary.received if r.method == "POST" and r.path == "/v1/responses"]
+    assert len(upgrades) >= 6 and len(posts) >= 3  # turns 4-6: each tries the socket, then HTTP
+    with sqlite3.connect(f"file:{rig.workdir / 'state.db'}?mode=ro", uri=True) as db:
+        outcomes = db.execute(
+            "SELECT outcome, COUNT(*) FROM attempt WHERE app='codex' GROUP BY outcome"
+        ).fetchall()
+    assert dict(outcomes).keys() <= {"success", "client_error"}, outcomes
