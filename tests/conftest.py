@@ -56,17 +56,21 @@ def mitmdump_factory(tmp_path: Path) -> Iterator[Callable[..., Mitmdump]]:
         md.stop()
 
 
+#: Test modules that keep a table of what they measured, and where its JSON goes by default.
+REPORTS = {"test_fault_matrix": ("DETOUR_MATRIX_JSON", "fault_matrix.json"),
+           "test_clients": ("DETOUR_CLIENTS_JSON", "clients.json")}  # fmt: skip
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The fault matrix's table, once every cell has run (never a test of its own: it can't fail)."""
-    matrix = sys.modules.get("test_fault_matrix")
-    document = matrix.summary() if matrix is not None else None
-    if document is None:
-        return
-    out = Path(
-        os.environ.get("DETOUR_MATRIX_JSON")
-        or session.config._tmp_path_factory.getbasetemp() / "fault_matrix.json"
-    )  # type: ignore[attr-defined]
-    out.write_text(json.dumps(document, indent=1))
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\nfault matrix ({out}):\n{document['table']}")
+    """The fault matrix's and the CLI runs' tables, once all have run (never tests: they can't fail)."""
+    for module_name, (variable, default) in REPORTS.items():
+        module = sys.modules.get(module_name)
+        document = module.summary() if module is not None else None
+        if document is None:
+            continue
+        basetemp = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+        out = Path(os.environ.get(variable) or basetemp / default)
+        out.write_text(json.dumps(document, indent=1))
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"\n{module_name.removeprefix('test_')} ({out}):\n{document['table']}")

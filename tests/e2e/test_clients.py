@@ -20,6 +20,9 @@ from mockprovider import Received
 
 pytestmark = [pytest.mark.integration, pytest.mark.clients]
 
+#: Every CLI run of this session, for the table printed at its end (tests/conftest.py).
+RUNS: list[dict[str, object]] = []
+
 #: The model API's paths per CLI (other calls, e.g. Codex's GET /v1/models, are not model requests).
 MODEL_PATHS = {"claude": "/v1/messages", "codex": "/v1/responses", "gemini": "/v1beta/models/"}
 
@@ -38,6 +41,27 @@ def rig_factory(tmp_path: Path) -> Iterator[list[clis.Rig]]:
     yield rigs
     for rig in reversed(rigs):
         rig.__exit__(None, None, None)
+
+
+def summary() -> dict[str, object] | None:
+    """The CLI x mode table: exit codes and wall times of every run."""
+    if not RUNS:
+        return None
+    lines = ["| CLI | mode | primary | exit | wall s |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {r['cli']} | {r['mode']} | {r['primary']} | {r['exit']} | {r['seconds']:.1f} |" for r in RUNS
+    ]
+    return {"runs": RUNS, "table": "\n".join(lines)}
+
+
+def run(
+    rig: clis.Rig, cli: str, exe: Path, mode: str, primary: str, prompt: str = "say hi", transport: str = ""
+) -> clis.Outcome:
+    outcome = rig.run(cli, exe, mode, prompt=prompt)
+    label = f"{mode} ({transport})" if transport else mode
+    RUNS.append({"cli": cli, "mode": label, "primary": primary, "exit": outcome.returncode,
+                 "seconds": round(outcome.seconds, 2)})  # fmt: skip
+    return outcome
 
 
 def start(rigs: list[clis.Rig], tmp_path: Path, **kw: object) -> clis.Rig:
@@ -121,7 +145,7 @@ def test_cli_fails_over_to_the_backup(
     tmp_path: Path,
 ) -> None:
     rig = start(rig_factory, tmp_path, primary_fault=fault)
-    outcome = rig.run(cli, executables[cli], mode)
+    outcome = run(rig, cli, executables[cli], mode, str(fault), transport="WebSocket" * (cli == "codex"))
     assert_ran_on_backup(outcome, rig)
     if cli == "codex":  # Codex's first transport: the backup took the WebSocket
         assert rig.backup.ws_messages, describe(outcome, rig)
@@ -134,7 +158,7 @@ def test_codex_over_http_streaming_fails_over_too(
     """A backup without WebSocket answers the upgrade 404: Codex falls back to HTTP streaming at once,
     and that is served by the backup too (the 404 charges nobody)."""
     rig = start(rig_factory, tmp_path, primary_fault=503, backup_websocket=False)
-    outcome = rig.run("codex", executables["codex"], "base-url")
+    outcome = run(rig, "codex", executables["codex"], "base-url", "503", transport="HTTP")
     assert_ran_on_backup(outcome, rig)
     assert not rig.backup.ws_messages
     assert any(r.method == "POST" and r.path == "/v1/responses" for r in rig.backup.received)
@@ -155,7 +179,8 @@ def test_codex_turns_on_a_healthy_primary_never_charge_it(
     assert primary is not None
     for turn in range(6):
         primary.websocket = rig.backup.websocket = turn < 3
-        outcome = rig.run("codex", executables["codex"], "base-url", prompt=f"turn {turn}")
+        transport = "WebSocket" if turn < 3 else "HTTP"
+        outcome = run(rig, "codex", executables["codex"], "base-url", "healthy", f"turn {turn}", transport)
         assert outcome.returncode == 0, describe(outcome, rig)
         assert "hello from primary" in outcome.stdout, describe(outcome, rig)
     assert not rig.backup.received

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import os
 import socket
 import ssl
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import configs
 import openai
 import pytest
 import yaml
@@ -59,27 +59,14 @@ def config_doc(
     extra_apps: dict[str, Any] | None = None,
     timeouts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    apps: dict[str, Any] = {"claude": {"hosts": ["api.anthropic.com"], "providers": claude}}
+    apps: dict[str, Any] = {"claude": configs.app("api.anthropic.com", claude)}
     if codex is not None:
-        apps["codex"] = {"hosts": ["api.openai.com"], "providers": codex}
+        apps["codex"] = configs.app("api.openai.com", codex)
     apps.update(extra_apps or {})
-    return {
-        "state": "state.db",
-        "switch_min_interval": "0s",
-        "breaker": {"failure_threshold": 3, "open_for": "1s", "max_open_for": "2s", **(breaker or {})},
-        "timeouts": {"connect": "1s", "first_byte": "1.5s", "idle": "1.5s", **(timeouts or {})},
-        "apps": apps,
-    }
+    return configs.config(apps, breaker=breaker, timeouts=timeouts)
 
 
-def write_config(path: Path, document: dict[str, Any] | str) -> None:
-    """Write the file and move its mtime forward, so the watcher sees every rewrite."""
-    before = path.stat().st_mtime if path.exists() else None
-    text = document if isinstance(document, str) else yaml.safe_dump(document, sort_keys=False)
-    path.write_text(text, encoding="utf-8")
-    if before is not None:
-        bumped = max(before + 2.0, time.time())
-        os.utime(path, (bumped, bumped))
+write_config = configs.write
 
 
 def poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import configs
 import pytest
-import yaml
 from harness import free_port, post_json, wait_for_port
 
 pytestmark = pytest.mark.integration
@@ -42,21 +42,13 @@ def test_flow_list_shows_provider_failed_attempts_and_marker(
     tmp_path: Path, mock_factory, mitmdump_factory
 ) -> None:
     primary, backup = mock_factory("primary"), mock_factory("backup")
-    config = {
-        "state": "state.db",
-        "switch_min_interval": "0s",
-        "apps": {
-            "claude": {
-                "hosts": ["api.anthropic.com"],
-                "providers": [
-                    {"id": "primary", "base_url": primary.base_url},
-                    {"id": "backup", "base_url": backup.base_url, "api_key": "${DETOUR_WEB_KEY}"},
-                ],
-            }
-        },
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    queue = [
+        configs.provider("primary", primary.base_url),
+        configs.provider("backup", backup.base_url, "DETOUR_WEB_KEY"),
+    ]
+    path = configs.write(
+        tmp_path / "config.yaml", configs.config({"claude": configs.app("api.anthropic.com", queue)})
+    )
     port, web_port = free_port(), free_port()
     web = mitmdump_factory(
         path,

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import configs
 import pytest
-import yaml
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -35,37 +35,23 @@ OK_JSON = (Head(200, ((b"content-type", b"application/json"),)), b'{"ok": true}'
 
 
 def config_doc(**top: Any) -> dict[str, Any]:
-    return {
-        "state": "state.db",
-        "switch_min_interval": "0s",
-        "breaker": {"failure_threshold": 3, "open_for": "30s"},
-        "timeouts": {"connect": "1s", "first_byte": "60s", "idle": "60s"},
-        "apps": {
-            "claude": {
-                "hosts": ["api.anthropic.com"],
-                "providers": [
-                    {"id": "primary", "base_url": "http://primary.test"},
-                    {
-                        "id": "backup",
-                        "base_url": "https://backup.test/api",
-                        "api_key": f"${{{BACKUP_VAR}}}",
-                        "auth": "bearer",
-                        "models": {"claude-*": "backup-model"},
-                    },
-                ],
-            },
-            "codex": {
-                "hosts": ["api.openai.com"],
-                "providers": [{"id": "openai", "base_url": "http://openai.test"}],
-            },
-        },
-        **top,
+    backup = configs.provider(
+        "backup", "https://backup.test/api", BACKUP_VAR, auth="bearer", models={"claude-*": "backup-model"}
+    )
+    primary = configs.provider("primary", "http://primary.test")
+    apps = {
+        "claude": configs.app("api.anthropic.com", [primary, backup]),
+        "codex": configs.app("api.openai.com", [configs.provider("openai", "http://openai.test")]),
     }
+    return configs.config(
+        apps,
+        breaker={"open_for": "30s", "max_open_for": "30m"},
+        timeouts={"first_byte": "60s", "idle": "60s"},
+        **top,
+    )
 
 
-def write(path: Path, document: dict[str, Any] | str) -> Path:
-    path.write_text(document if isinstance(document, str) else yaml.safe_dump(document, sort_keys=False))
-    return path
+write = configs.write
 
 
 @dataclass
