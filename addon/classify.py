@@ -50,6 +50,7 @@ class ErrorKind(enum.Enum):
     TIMEOUT_IDLE = "timeout_idle"
     STREAM_ERROR = "stream_error"  # an SSE `event: error` inside a 200 response
     TOO_LARGE = "too_large"  # an answer larger than Detour will hold in memory
+    UNREADABLE = "unreadable"  # an answer Detour can't read (a compressed event stream)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ _ERROR_OUTCOMES = {
     ErrorKind.TIMEOUT_IDLE: Outcome.TIMEOUT,
     ErrorKind.STREAM_ERROR: Outcome.PROVIDER_FAILURE,
     ErrorKind.TOO_LARGE: Outcome.PROVIDER_FAILURE,
+    ErrorKind.UNREADABLE: Outcome.PROVIDER_FAILURE,
 }
 
 

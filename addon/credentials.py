@@ -55,5 +55,6 @@ CLIENT_CREDENTIALS: frozenset[bytes] = frozenset(
         b"anthropic-admin-api-key",
     }
 )
-#: Query parameters that carry a credential (Gemini's `?key=`).
-CLIENT_CREDENTIAL_PARAMS: frozenset[str] = frozenset({"key", "api_key"})
+#: Query parameters that carry a credential (Gemini's `?key=`, Google's OAuth `?access_token=`),
+#: lower case: they are matched whatever their case.
+CLIENT_CREDENTIAL_PARAMS: frozenset[str] = frozenset({"key", "api_key", "access_token"})

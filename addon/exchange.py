@@ -19,11 +19,13 @@ it has.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from addon import codecs
 from addon.breaker import Permit
 from addon.classify import ErrorKind, Outcome, Verdict, classify_error, classify_status
 from addon.formats import Dialect, StreamWatch
@@ -36,6 +38,9 @@ PROVIDER_HEADER = b"x-detour-provider"
 ATTEMPTS_HEADER = b"x-detour-attempts"
 #: Statuses a provider answers a WebSocket upgrade with when it doesn't speak WebSocket at all.
 NO_WEBSOCKET = frozenset({404, 405, 426})
+#: The longest failure reason kept (log lines, the state database, mitmweb).
+MAX_REASON = 200
+_JSON_TYPE = (b"content-type", b"application/json")
 #: A streamed event still unfinished at this size is passed on in pieces rather than held further.
 MAX_PENDING_EVENT = 1024 * 1024
 #: Content types whose bodies are event streams, watched for their dialect's end and error events.
@@ -347,15 +352,15 @@ class Attempt:
         if watch is None or verdict.outcome is not Outcome.SUCCESS:
             return verdict
         if watch.error is not None:
-            return classify_error(ErrorKind.STREAM_ERROR, watch.error[:120])
+            return classify_error(ErrorKind.STREAM_ERROR, watch.error)
         if not watch.complete:
             return classify_error(ErrorKind.RESET, "stream ended without its final event")
         return verdict
 
 
 @dataclass(frozen=True)
-class _Failure:
-    """A provider's failure answer, kept as what the client gets if nobody does better."""
+class Answer:
+    """A provider's whole answer (a failure kept as what the client gets if nobody does better)."""
 
     status: int
     headers: Headers
@@ -386,7 +391,7 @@ class Exchange:
         self.attempts = 0
         self.failed: list[FailedAttempt] = []
         self.result: Result | None = None
-        self._last_failure: _Failure | None = None
+        self._last_failure: Answer | None = None
         #: An attempt got past its connect: "nothing could be tried" no longer describes the outcome.
         self._reached = False
         #: The status of the last failed WebSocket handshake, for the client when every provider failed.
@@ -430,6 +435,7 @@ class Exchange:
             return [self._refuse(self._failed_handshake, message, event.retry_after), self._done(None)]
         last = self._last_failure
         if last is not None:
+            last = self.readable(last)
             body = redact_bytes(last.body, self.secrets)
             return [Deliver(last.status, self._client_headers(last.headers, None), body), self._done(None)]
         if self._reached:
@@ -462,6 +468,12 @@ class Exchange:
             attempt.holding = True
             return [HoldBack(attempt)]
         if self.delivery is Delivery.STREAM and verdict.outcome is Outcome.SUCCESS:
+            coding = _content_coding(event.headers)
+            if coding not in ("", "identity"):
+                # Its end and error events can't be watched, nor its keys masked.
+                why = f"stream sent with content-encoding {coding[:20]} (Detour asks for identity)"
+                unreadable = classify_error(ErrorKind.UNREADABLE, why)
+                return [Abort(attempt), *self._failed(attempt, unreadable), Pick()]
             attempt.streaming = True
             return [Stream(event.status, self._client_headers(event.headers, attempt.provider))]
         attempt.holding = True
@@ -510,7 +522,7 @@ class Exchange:
     def _on_end(self, event: BodyEnd) -> list[Action]:
         attempt = self._current()
         attempt.phase = Phase.ENDED
-        verdict = attempt.verdict()
+        verdict = self._masked(attempt.verdict())
         if attempt.streaming:
             self.attempt = None
             rest: list[Action] = [Forward(self._redacted(attempt.pending))] if attempt.pending else []
@@ -520,7 +532,7 @@ class Exchange:
             return [*rest, Record(attempt, verdict), self._done(None, verdict), Cut(verdict.reason)]
         if verdict.fails_over:
             if attempt.status_verdict is not None and attempt.status_verdict.fails_over:
-                self._last_failure = _Failure(attempt.status or 502, attempt.headers, bytes(attempt.body))
+                self._last_failure = Answer(attempt.status or 502, attempt.headers, bytes(attempt.body))
             return [*self._failed(attempt, verdict), Pick()]
         return [Record(attempt, verdict), *self._deliver(attempt, verdict)]
 
@@ -584,6 +596,7 @@ class Exchange:
     def _end_attempt(self, attempt: Attempt, verdict: Verdict) -> list[Action]:
         """The attempt broke off (connection failure or deadline): fail over, or cut the client."""
         attempt.phase = Phase.ENDED
+        verdict = self._masked(verdict)
         if attempt.streaming:
             self.attempt = None
             return [Abort(attempt), Record(attempt, verdict), self._done(None, verdict), Cut(verdict.reason)]
@@ -591,14 +604,39 @@ class Exchange:
 
     def _failed(self, attempt: Attempt, verdict: Verdict) -> list[Action]:
         self.attempt = None
-        self.failed.append(FailedAttempt(attempt.provider.id, redact(verdict.reason, self.secrets)))
+        verdict = self._masked(verdict)
+        self.failed.append(FailedAttempt(attempt.provider.id, verdict.reason))
         return [Record(attempt, verdict)]
+
+    def _masked(self, verdict: Verdict) -> Verdict:
+        """The verdict as the log, the state database and mitmweb may show it: keys masked first,
+        then shortened (a key cut in half would no longer be recognised)."""
+        reason = redact(verdict.reason, self.secrets)
+        if len(reason) > MAX_REASON:
+            reason = reason[: MAX_REASON - 3] + "..."
+        return verdict if reason == verdict.reason else dataclasses.replace(verdict, reason=reason)
 
     def _deliver(self, attempt: Attempt, verdict: Verdict) -> list[Action]:
         status = attempt.status or 502
-        body = self._redacted(bytes(attempt.body))
-        headers = self._client_headers(attempt.headers, attempt.provider)
-        return [Deliver(status, headers, body), self._done(attempt.provider, verdict)]
+        answer = self.readable(Answer(status, attempt.headers, bytes(attempt.body)))
+        headers = self._client_headers(answer.headers, attempt.provider)
+        return [Deliver(status, headers, self._redacted(answer.body)), self._done(attempt.provider, verdict)]
+
+    def readable(self, answer: Answer) -> Answer:
+        """A whole answer uncompressed, so masking sees its keys (Detour asked for `identity`; a provider
+        may compress anyway). One Detour can't decode is replaced by Detour's own error body."""
+        coding = _content_coding(answer.headers)
+        if coding in ("", "identity"):
+            return answer
+        headers = tuple((n, v) for n, v in answer.headers if n not in (b"content-encoding", b"content-type"))
+        try:
+            body = codecs.decode(coding, answer.body)
+        except codecs.CodingError as e:
+            message = f"the provider's answer could not be read: {e}"
+            body = self.dialect.error_body(answer.status, message)
+            return Answer(answer.status, (*headers, _JSON_TYPE), body)
+        kept = tuple((n, v) for n, v in answer.headers if n != b"content-encoding")
+        return Answer(answer.status, kept, body)
 
     def _complete_events(self, attempt: Attempt, data: bytes) -> bytes:
         """What of a streamed answer can go to the client now: whole events only (so a key echoed in
@@ -606,7 +644,7 @@ class Exchange:
         if attempt.watch is None:
             return self._redacted(data)
         buffered = attempt.pending + data if attempt.pending else data
-        end = max(buffered.rfind(b"\n\n") + 2, buffered.rfind(b"\r\n\r\n") + 4, 0)
+        end = _last_event_end(buffered)
         if end == 0 and len(buffered) <= MAX_PENDING_EVENT:
             attempt.pending = buffered
             return b""
@@ -675,6 +713,19 @@ _HANDLERS: dict[type, Callable[[Exchange, Any], list[Action]]] = {
     Unsendable: Exchange._on_unsendable,
     ClientGone: Exchange._on_client_gone,
 }
+
+
+def _last_event_end(data: bytes) -> int:
+    """Where the last complete event of `data` ends (after its blank line), or 0 if none does."""
+    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _content_coding(headers: Headers) -> str:
+    for name, value in headers:
+        if name == b"content-encoding":
+            return value.decode("latin-1").strip().lower()
+    return ""
 
 
 _RETRY_HEADERS = (b"retry-after", b"retry-after-ms")

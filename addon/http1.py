@@ -42,11 +42,22 @@ def encode_request(method: str, path: str, headers: tuple[tuple[bytes, bytes], .
     if not target.startswith(b"/") or _FORBIDDEN.search(target) or b" " in target:
         raise ProtocolError(f"bad request target {path[:60]!r}")
     lines = [b"%s %s HTTP/1.1" % (method.encode("ascii"), target)]
-    for name, value in headers:
-        if not _TOKEN.fullmatch(name) or _FORBIDDEN.search(value):
-            raise ProtocolError(f"header {name[:40]!r} can't be sent")
-        lines.append(name + b": " + value)
+    problem = header_problem(headers)
+    if problem is not None:
+        raise ProtocolError(problem)
+    lines += [name + b": " + value for name, value in headers]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def header_problem(headers: tuple[tuple[bytes, bytes], ...]) -> str | None:
+    """Why these header fields can't be written as HTTP/1.1 (a name that isn't a token; CR, LF or NUL
+    in a value, as a folded header arrives from mitmproxy), or None."""
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name):
+            return f"header name {name[:40]!r} is not a valid token"
+        if _FORBIDDEN.search(value):
+            return f"header {name[:40]!r} has a line break or NUL in its value"
+    return None
 
 
 class _State(enum.Enum):

@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from addon import codecs
 from addon.credentials import AUTH_STYLES, CLIENT_CREDENTIAL_PARAMS, CLIENT_CREDENTIALS, Fields
+from addon.http1 import header_problem
 from addon.model import Provider
 
 #: Headers that describe one connection, not the request: never forwarded to a provider.
@@ -134,6 +135,9 @@ def for_provider(request: ClientRequest, provider: Provider, upgrade: bool = Fal
     if body or request.method in ("POST", "PUT", "PATCH"):
         fields.append((b"content-length", str(len(body)).encode()))
     path = target_path(provider, request.path)
+    problem = header_problem(tuple(fields))
+    if problem is not None:  # never the provider's failure: it is skipped, uncharged
+        raise Unsendable(problem)
     return OutboundRequest(target, request.method, target.prefix + path, tuple(fields), body)
 
 
@@ -175,12 +179,12 @@ def target_path(provider: Provider, path: str) -> str:
 
 
 def strip_credential_params(path: str) -> str:
-    """Drop `?key=` so a client's own Gemini key never reaches a provider with a key of its own."""
+    """Drop `?key=` (any spelling) so a client's own key never reaches a provider with a key of its own."""
     if "?" not in path:
         return path
     bare, query = path.split("?", 1)
     pairs = parse_qsl(query, keep_blank_values=True)
-    kept = [(k, v) for k, v in pairs if k not in CLIENT_CREDENTIAL_PARAMS]
+    kept = [(k, v) for k, v in pairs if k.lower() not in CLIENT_CREDENTIAL_PARAMS]
     if len(kept) == len(pairs):
         return path
     return f"{bare}?{urlencode(kept)}" if kept else bare

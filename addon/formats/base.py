@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 from addon.formats.sse import SSEEvent, SSEParser
 
+#: How much of an in-stream error event is kept for the failure reason (masked, then shortened, by the
+#: exchange: a key must not be cut in half before it is masked).
+ERROR_KEPT = 4096
+
 Family = str  # "anthropic" | "openai" | "gemini": what an app's clients speak
 
 
@@ -111,7 +115,7 @@ class StreamWatch:
                 self.finished = True
                 self.content_started = True
             elif self.error is None:
-                self.error = event.data[:300]
+                self.error = event.data[:ERROR_KEPT]
 
     @property
     def complete(self) -> bool:

@@ -13,6 +13,7 @@ from addon.control import Control
 from addon.driver import AttemptReport, Driver
 from addon.exchange import Delivery, Exchange, Limits, Result
 from addon.formats import Dialect, dialect_for
+from addon.http1 import header_problem
 from addon.mitm.attempts import needs_publishing, publish
 from addon.mitm.flows import (
     AsSent,
@@ -79,6 +80,11 @@ class Dispatcher:
             flow.response = make_response(403, _JSON, dialect.error_body(403, message))
             return None
         request = client_request(flow, sent)
+        problem = header_problem(request.headers)
+        if problem is not None:  # the client's own doing: no provider is tried, or charged
+            body = dialect.error_body(400, f"Detour can't forward this request: {problem}")
+            flow.response = make_response(400, _JSON, body)
+            return None
         delivery = _delivery(request, dialect)
         limits = Limits(max_body=self.control.config.max_body)
         exchange = Exchange(

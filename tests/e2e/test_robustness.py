@@ -359,3 +359,38 @@ def test_the_model_mapping_changes_no_other_byte(tmp_path: Path, mitmdump_factor
         fetch(md.regular_port, HOST, "/v1/messages", raw, {"content-type": "application/json"})
         assert b.received[0].body == raw.replace(b'"claude-x"', b'"mapped"')
         assert not secret_leaks(md.log_text().encode())
+
+
+# --- a client's malformed header ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra", [b"X-Note: first\r\n  folded\r\n", b"X Note: v\r\n"], ids=["folded", "space"]
+)
+def test_a_header_detour_cant_forward_gets_400_and_charges_no_provider(
+    extra: bytes, tmp_path: Path, mitmdump_factory: MdFactory
+) -> None:
+    """Round 1 charged such a request to every provider as a connect failure: three of them opened
+    every circuit of the app, for every client."""
+    with MockProvider("primary").start() as p, MockProvider("backup").start() as b:
+        md = start(tmp_path, mitmdump_factory, p.base_url, b.base_url)
+        assert md.regular_port is not None
+        path, body, headers = request_for("anthropic", False)
+
+        async def malformed() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", md.regular_port)
+            head = f"POST http://{HOST}{path} HTTP/1.1\r\nHost: {HOST}\r\n"
+            head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            writer.write(head.encode() + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+            try:
+                return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            finally:
+                writer.close()
+
+        for _ in range(4):  # more than failure_threshold (3)
+            answer = asyncio.run(malformed())
+            assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+        assert p.count() == b.count() == 0
+        assert "closed -> open" not in md.log_text()
+        assert ask(md) == "ok:primary"

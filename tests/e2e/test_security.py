@@ -278,6 +278,39 @@ def test_a_client_key_in_the_query_is_masked_in_logs_and_saved_flows(
         assert len(flows_in(flows)) == 3 and not secret_leaks(saved), "a key is in the saved flows"
 
 
+@pytest.mark.timeout(60)
+def test_a_key_a_provider_echoes_never_reaches_flows_the_log_or_the_state(
+    tmp_path: Path, mitmdump_factory: MdFactory
+) -> None:
+    """A failing provider echoing its key (body, header, in-stream error event): the client's copy was
+    masked in round 1, but the published attempt flows and the failure reasons were not."""
+    flows = tmp_path / "flows.mitm"
+    with MockProvider("primary").start() as p, MockProvider("backup").start() as b:
+        apps = {"claude": configs.app("api.anthropic.com", configs.keyed_pair(p.base_url, b.base_url))}
+        cfg = write_config(tmp_path, apps)
+        port = free_port()
+        md = mitmdump_factory(
+            cfg, reverse={port: "https://api.anthropic.com"}, env=KEY_ENV,
+            extra_args=["-w", str(flows), "--set", "flow_detail=4"],
+        )  # fmt: skip
+        error = {"type": "overloaded_error", "message": f"overloaded (key {KEY_P})"}
+        echo = {"type": "error", "error": error}
+        p.fault("status", times=2, status=529, body=echo, headers={"x-echo-key": KEY_P})
+        status, _, _ = post_json(port, "/v1/messages", MSG, {"x-api-key": CLIENT_KEY})
+        assert status == 200
+        b.fault("sse_error", times=1, after=1, message=f"{'x' * 100} invalid key {KEY_B}")
+        reply = fetch(port, "api.anthropic.com", *request_for("anthropic", True), absolute=False)
+        assert b"event: error" in reply.body and not secret_leaks(reply.body)
+        md.stop()
+        assert "served by backup after primary" in md.log_text()
+        assert not secret_leaks(md.log_text().encode()), "a key is in mitmdump's log"
+        assert len(flows_in(flows)) >= 5 and not secret_leaks(flows.read_bytes()), "a key is in saved flows"
+        for suffix in ("", "-wal", "-shm"):
+            f = tmp_path / f"state.db{suffix}"
+            if f.exists():
+                assert not secret_leaks(f.read_bytes()), f.name
+
+
 @pytest.mark.timeout(90)
 def test_mitmweb_never_shows_a_key_while_detour_waits_or_after(
     tmp_path: Path, mitmdump_factory: MdFactory

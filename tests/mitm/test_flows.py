@@ -17,6 +17,7 @@ from addon.mitm.flows import client_request, mask_credentials, mask_flow, mask_q
         ("/m?KEY=SECRET&api_key=SECRET2", "/m?KEY=***&api_key=***"),
         ("/m?%6Bey=SECRET", "/m?%6Bey=***"),
         ("/m?keys=1&monkey=2&key", "/m?keys=1&monkey=2&key"),
+        ("/m?access_token=ya29.SECRET&Key=SECRET", "/m?access_token=***&Key=***"),
     ],
 )
 def test_query_credentials_are_masked_and_nothing_else_changes(path: str, shown: str) -> None:

@@ -403,6 +403,7 @@ ERROR_TABLE = [
     (ErrorKind.TIMEOUT_IDLE, Outcome.TIMEOUT),
     (ErrorKind.STREAM_ERROR, Outcome.PROVIDER_FAILURE),
     (ErrorKind.TOO_LARGE, Outcome.PROVIDER_FAILURE),
+    (ErrorKind.UNREADABLE, Outcome.PROVIDER_FAILURE),
 ]
 
 

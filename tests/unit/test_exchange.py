@@ -7,6 +7,7 @@ asks the control plane, and records every action.
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import dataclass, field
 
@@ -511,3 +512,74 @@ def test_a_request_a_provider_cant_take_skips_it_uncharged() -> None:
     assert header(delivered(s), b"x-detour-attempts") == (
         b"primary (not sendable: can't map the model: unsupported content-encoding 'compress')"
     )
+
+
+# --- secrets in what a provider sends (adversarial review) ----------------------------------------------
+
+PLAIN_SECRET = "plainsecretvalue0123456789"  # no "sk-" prefix: only exact-match redaction can catch it
+
+
+def forwarded(actions: list[Action]) -> list[bytes]:
+    return [a.data for a in actions if isinstance(a, Forward)]
+
+
+def test_an_event_trickled_in_pieces_is_forwarded_whole_and_masked() -> None:
+    """A provider writing two bytes at a time must not get its echoed key past the per-event mask."""
+    s = script(Delivery.STREAM)
+    s.connect()
+    s.head(200, SSE)
+    out = s.data(ANTHROPIC_STREAM.split(b"\n\n")[0] + b"\n\n")
+    error = sse(("error", {"type": "error", "error": {"type": "auth", "message": f"bad key {SECRET}"}}))
+    for i in range(0, len(error), 2):
+        out += s.data(error[i : i + 2])
+    out += s.end()
+    pieces = forwarded(out)
+    assert all(p.endswith(b"\n\n") for p in pieces), pieces[:5]
+    sent = b"".join(pieces)
+    assert SECRET.encode() not in sent and b"bad key ***" in sent
+
+
+def test_a_stream_error_reason_is_masked_before_it_is_shortened() -> None:
+    """The reason goes to the log, the state database and mitmweb: a key cut in half by shortening
+    would no longer match, so masking comes first."""
+    a = app("primary")
+    ex = Exchange(a, DIALECTS["anthropic"], Delivery.STREAM, list(a.providers), (PLAIN_SECRET,))
+    s = Script(ex)
+    s.start()
+    s.connect()
+    s.head(200, SSE)
+    message = "x" * 100 + PLAIN_SECRET + " and more"
+    s.data(sse(("error", {"type": "error", "error": {"type": "auth", "message": message}})))
+    s.end()
+    (record,) = s.of(Record)
+    result = ex.result
+    assert result is not None and result.verdict is not None
+    for reason in (record.verdict.reason, result.verdict.reason):
+        assert PLAIN_SECRET[:6] not in reason, reason
+        assert "***" in reason
+
+
+@pytest.mark.parametrize("delivery", [Delivery.WHOLE, Delivery.STREAM])
+def test_a_compressed_answer_is_decoded_before_it_is_masked(delivery: Delivery) -> None:
+    """Detour asks for `accept-encoding: identity`; a provider that compresses anyway still gets no key
+    past the mask (the client would decompress it)."""
+    body = json.dumps({"error": {"message": f"invalid key {SECRET}"}}).encode()
+    s = script(delivery, "backup")
+    s.answer(401, gzip.compress(body), (*JSON, (b"content-encoding", b"gzip")))
+    final = delivered(s)
+    assert final.status == 401
+    assert header(final, b"content-encoding") is None
+    assert SECRET.encode() not in final.body and b"invalid key ***" in final.body
+
+
+def test_a_compressed_event_stream_fails_over() -> None:
+    """Its end and error events can't be read, nor its keys masked: not a usable answer."""
+
+    s = script(Delivery.STREAM)
+    s.connect()
+    actions = s.head(200, (*SSE, (b"content-encoding", b"gzip")))
+    assert not any(isinstance(a, Stream) for a in actions)
+    assert s.records == [("primary", Outcome.PROVIDER_FAILURE)]
+    s.answer(200, ANTHROPIC_STREAM, SSE)
+    assert s.providers_sent == ["primary", "backup"]
+    assert b"".join(forwarded(s.actions)) == ANTHROPIC_STREAM

@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from addon.credentials import CLIENT_CREDENTIALS
 from addon.model import Provider
-from addon.rewrite import ClientRequest, for_provider, map_body_model, model_spans, parse_target, target_path
+from addon.rewrite import (
+    ClientRequest,
+    Unsendable,
+    for_provider,
+    map_body_model,
+    model_spans,
+    parse_target,
+    target_path,
+)
 
 KEY = "provider-own-key-123"
 MODELS = (("claude-opus-*", "glm-4.6"), ("gemini-2.5-pro", "gemini-2.5-flash"))
@@ -32,6 +40,8 @@ def prov(key: str | None = KEY, auth: str = "x-api-key", models=MODELS) -> Provi
         (KEY, (), "/v1beta/models/m:x?key=CLIENT&alt=sse", "/v1beta/models/m:x?alt=sse"),
         (None, (), "/v1beta/models/m:x?key=CLIENT&alt=sse", "/v1beta/models/m:x?key=CLIENT&alt=sse"),
         (KEY, (), "/v1/x?monkey=1", "/v1/x?monkey=1"),
+        (KEY, (), "/v1/x?KEY=C&Key=C&%6Bey=C&alt=sse", "/v1/x?alt=sse"),
+        (KEY, (), "/v1/x?access_token=C&Api_Key=C", "/v1/x"),
         # Gemini names the model in the path.
         (
             KEY,
@@ -288,3 +298,14 @@ def test_a_decompression_bomb_is_refused() -> None:
     headers = (*CLIENT_HEADERS, (b"content-encoding", b"gzip"))
     with pytest.raises(Unsendable, match="larger than"):
         for_provider(request(body=bomb, headers=headers), prov())
+
+
+@pytest.mark.parametrize(
+    "field",
+    [(b"x-note", b"first\r\n folded"), (b"x note", b"v"), (b"x-nul", b"a\x00b")],
+    ids=["folded", "space-in-name", "nul"],
+)
+def test_a_header_that_cant_be_written_makes_the_request_unsendable(field: tuple[bytes, bytes]) -> None:
+    """Never the provider's failure (round 1 charged it as a connect failure to every provider)."""
+    with pytest.raises(Unsendable, match="header"):
+        for_provider(request(headers=(*CLIENT_HEADERS, field)), prov())
