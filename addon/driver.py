@@ -21,7 +21,6 @@ from addon.control import Control
 from addon.exchange import (
     Abort,
     Action,
-    Answer,
     Attempt,
     BodyData,
     BodyEnd,
@@ -57,7 +56,6 @@ from addon.http1 import End, Head
 from addon.model import Provider
 from addon.rewrite import ClientRequest, OutboundRequest, for_provider
 from addon.rewrite import Unsendable as NotAdaptable
-from addon.secrets import redact_bytes
 from addon.upstream import Item, Pool, Upgraded, UpstreamFailure, exchange
 
 logger = logging.getLogger("detour")
@@ -303,22 +301,14 @@ class _Run:
             return
         body = bytes(self.copy) if attempt.streaming else bytes(attempt.body)
         self.copy = bytearray()
-        secrets = self.ex.secrets
-        # Shown to people (mitmweb, saved flows, dumps): a key the provider echoed is masked too.
-        if attempt.status is not None and not attempt.streaming:
-            answer = self.ex.readable(Answer(attempt.status, attempt.headers, body))
-            attempt_headers, body = answer.headers, answer.body
-        else:
-            attempt_headers = attempt.headers
-        headers = tuple((name, redact_bytes(value, secrets)) for name, value in attempt_headers)
         self.observe(
             AttemptReport(
                 attempt.number,
                 attempt.provider,
                 outbound,
                 attempt.status,
-                headers,
-                redact_bytes(body, secrets),
+                attempt.headers,
+                body,
                 verdict,
                 self.started_wall.get(attempt.number, 0.0),
                 self.d.wall(),

@@ -14,7 +14,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from addon import codecs
 from addon.credentials import AUTH_STYLES, CLIENT_CREDENTIAL_PARAMS, CLIENT_CREDENTIALS, Fields
-from addon.http1 import header_problem
 from addon.model import Provider
 
 #: Headers that describe one connection, not the request: never forwarded to a provider.
@@ -135,9 +134,6 @@ def for_provider(request: ClientRequest, provider: Provider, upgrade: bool = Fal
     if body or request.method in ("POST", "PUT", "PATCH"):
         fields.append((b"content-length", str(len(body)).encode()))
     path = target_path(provider, request.path)
-    problem = header_problem(tuple(fields))
-    if problem is not None:  # never the provider's failure: it is skipped, uncharged
-        raise Unsendable(problem)
     return OutboundRequest(target, request.method, target.prefix + path, tuple(fields), body)
 
 

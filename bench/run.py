@@ -780,8 +780,7 @@ class Bench:
                     permit = core.acquire("claude", p.id)
                     assert permit is not None
                     core.record("claude", p.id, permit, ok, 1.0, 200)
-                    core.served("claude", p.id, "recovered")
-            timed("Control: candidates+acquire+record+served (incl. attempt-log enqueue)", core_run, reps=3)
+            timed("Control: candidates+acquire+record (incl. attempt-log enqueue)", core_run, reps=3)
             timed("Exchange: one failover, 529 then 200 (events in, actions out)",
                   exchange_loop(app, providers), reps=3)
         finally:

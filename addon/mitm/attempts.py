@@ -11,8 +11,10 @@ from __future__ import annotations
 from mitmproxy import connection, ctx, flow, http
 
 from addon.driver import AttemptReport
+from addon.exchange import Answer, Exchange
 from addon.mitm.flows import mask_credentials, mask_query_credentials
 from addon.mitm.internals import finished_hook
+from addon.secrets import redact_bytes
 
 MARK_FAILED_ATTEMPT = ":warning:"
 
@@ -22,7 +24,10 @@ def needs_publishing(reports: list[AttemptReport]) -> bool:
     return len(reports) > 1 or any(r.verdict is None or r.verdict.fails_over for r in reports)
 
 
-def attempt_flow(client: http.HTTPFlow, app: str, report: AttemptReport, total: int) -> http.HTTPFlow:
+def attempt_flow(
+    client: http.HTTPFlow, exchange: Exchange, report: AttemptReport, total: int
+) -> http.HTTPFlow:
+    app = exchange.app.name
     request = report.request
     target = request.target
     provider = report.provider
@@ -44,12 +49,16 @@ def attempt_flow(client: http.HTTPFlow, app: str, report: AttemptReport, total: 
     )
     verdict = report.verdict
     if report.status is not None:
+        # The provider's answer as people may see it: uncompressed, any key it echoed masked.
+        answer = exchange.readable(Answer(report.status, report.headers, report.body))
+        secrets = exchange.secrets
+        headers = tuple((name, redact_bytes(value, secrets)) for name, value in answer.headers)
         attempt.response = http.Response(
             b"HTTP/1.1",
             report.status,
             b"",
-            http.Headers(report.headers),
-            report.body,
+            http.Headers(headers),
+            redact_bytes(answer.body, secrets),
             None,
             report.started,
             report.ended,
@@ -67,12 +76,12 @@ def attempt_flow(client: http.HTTPFlow, app: str, report: AttemptReport, total: 
     return attempt
 
 
-async def publish(client: http.HTTPFlow, app: str, reports: list[AttemptReport]) -> None:
+async def publish(client: http.HTTPFlow, exchange: Exchange, reports: list[AttemptReport]) -> None:
     """Add the attempts to mitmweb's list and hand them to the other addons (saving, dumping)."""
     total = len(reports)
     view = ctx.master.addons.get("view")
     for report in reports:
-        attempt = attempt_flow(client, app, report, total)
+        attempt = attempt_flow(client, exchange, report, total)
         if view is not None:
             view.add([attempt])
         await ctx.master.addons.handle_lifecycle(finished_hook(attempt))

@@ -131,7 +131,7 @@ class Dispatcher:
         reports: list[AttemptReport] = []
         result = await self.driver.run(exchange, request, sink, reports.append, copy_streams=keeps_bodies())
         if needs_publishing(reports):
-            await publish(flow, app.name, reports)
+            await publish(flow, exchange, reports)
         return result
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:

@@ -37,7 +37,9 @@ def mask_flow(flow: http.HTTPFlow) -> AsSent:
     request = flow.request
     sent = AsSent(request.headers.fields, request.path)
     request.headers.fields = mask_credentials(sent.fields)
-    request.path = mask_query_credentials(sent.path)
+    shown = mask_query_credentials(sent.path)
+    if shown != sent.path:
+        request.path = shown
     return sent
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from addon.http1 import End, Head, ProtocolError, ResponseParser, encode_request
+from addon.http1 import End, Head, ProtocolError, ResponseParser, encode_request, header_problem
 
 
 def parse(data: bytes, cuts: list[int] = (), method: str = "POST", upgrade: bool = False) -> list[object]:  # type: ignore[assignment]
@@ -173,3 +173,22 @@ def test_nothing_that_would_inject_into_the_message_is_written(
 ) -> None:
     with pytest.raises(ProtocolError):
         encode_request("POST", path, headers, b"")
+
+
+@pytest.mark.parametrize(
+    ("field", "problem"),
+    [
+        ((b"x-note", b"first\r\n folded"), "line break"),
+        ((b"x note", b"v"), "not a valid token"),
+        ((b"x-nul", b"a\x00b"), "line break or NUL"),
+    ],
+    ids=["folded", "space-in-name", "nul"],
+)
+def test_a_field_that_cant_be_written_is_named_and_refused(field: tuple[bytes, bytes], problem: str) -> None:
+    """Detour answers such a client 400 before any provider is tried (`mitm/dispatch.py`)."""
+    fields = ((b"host", b"example"), field)
+    reason = header_problem(fields)
+    assert reason is not None and problem in reason
+    with pytest.raises(ProtocolError, match=problem):
+        encode_request("POST", "/v1/messages", fields, b"")
+    assert header_problem(((b"host", b"example"), (b"x-ok", b"v a l"))) is None
