@@ -186,6 +186,7 @@ class Driver:
             return await run.loop()
         finally:
             sink.on_gone = None
+            run.disarm()
             run.stop_reader()
 
 
@@ -215,6 +216,9 @@ class _Run:
         self.gone = False
         #: The provider connection a WebSocket handshake left open, until the sink takes it.
         self.upgraded: Upgraded | None = None
+        #: The run's one deadline timer, and the deadline it rings for.
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
 
     def client_left(self) -> None:
         if not self.gone:
@@ -240,16 +244,33 @@ class _Run:
         if waiting is not None:
             return waiting
         deadline = self.ex.deadline()
-        if deadline is None:
-            return await self.channel.get()
-        remaining = deadline - self.d.clock()
-        if remaining <= 0:
-            return Tick(self.d.clock())
-        try:
-            async with asyncio.timeout(remaining):
-                return await self.channel.get()
-        except TimeoutError:
-            return Tick(max(self.d.clock(), deadline))
+        if deadline is not None:
+            remaining = deadline - self.d.clock()
+            if remaining <= 0:
+                return Tick(self.d.clock())
+            self.arm(deadline, remaining)
+        return await self.channel.get()
+
+    def arm(self, deadline: float, remaining: float) -> None:
+        """One timer per run, moved only when a deadline comes earlier than it is set for. An idle
+        deadline moves later with every chunk: re-arming each time (a timer handle per wait) cost
+        more than the rest of the driver on a small answer. A timer that rings before the exchange's
+        current deadline is answered with nothing by the exchange, and the next wait arms it again."""
+        if self.timer is not None and self.timer_at <= deadline:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = deadline
+        self.timer = asyncio.get_running_loop().call_later(remaining, self.ring)
+
+    def ring(self) -> None:
+        self.timer = None
+        self.channel.push(Tick(max(self.d.clock(), self.timer_at)))
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     async def execute(self, action: Action) -> Event | None:
         """Carry out one action; an action that has an immediate answer returns it as an event."""

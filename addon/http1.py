@@ -108,14 +108,8 @@ class ResponseParser:
                 if not self._head(out, eof):
                     break
             elif state is _State.LENGTH:
-                if not self._buf:
-                    if eof:
-                        raise ProtocolError("connection closed before the body ended")
+                if not self._take(out, eof, "connection closed before the body ended"):
                     break
-                piece = bytes(self._buf[: self._remaining])
-                del self._buf[: len(piece)]
-                self._remaining -= len(piece)
-                out.append(piece)
                 if self._remaining == 0:
                     self._finish(out)
             elif state is _State.CHUNK_SIZE:
@@ -124,14 +118,8 @@ class ResponseParser:
                     break
                 self._chunk_size(line, out)
             elif state is _State.CHUNK_DATA:
-                if not self._buf:
-                    if eof:
-                        raise ProtocolError("connection closed inside a chunk")
+                if not self._take(out, eof, "connection closed inside a chunk"):
                     break
-                piece = bytes(self._buf[: self._remaining])
-                del self._buf[: len(piece)]
-                self._remaining -= len(piece)
-                out.append(piece)
                 if self._remaining == 0:
                     self._state = _State.CHUNK_END
             elif state is _State.CHUNK_END:
@@ -181,6 +169,18 @@ class ResponseParser:
         else:
             self._remaining = size
             self._state = _State.CHUNK_DATA
+
+    def _take(self, out: list[Head | bytes | End], eof: bool, cut: str) -> bool:
+        """Move up to `_remaining` body bytes from the buffer to `out`; False when there are none yet."""
+        if not self._buf:
+            if eof:
+                raise ProtocolError(cut)
+            return False
+        piece = bytes(self._buf[: self._remaining])
+        del self._buf[: len(piece)]
+        self._remaining -= len(piece)
+        out.append(piece)
+        return True
 
     def _head(self, out: list[Head | bytes | End], eof: bool) -> bool:
         end = self._buf.find(b"\r\n\r\n")

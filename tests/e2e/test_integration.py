@@ -7,12 +7,9 @@ and every wait is a poll with a deadline.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
-import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +23,7 @@ import pytest
 import yaml
 from harness import Mitmdump, free_port
 from mockprovider import MockProvider
+from rawservers import ScriptServer, stall_after
 
 # The HTTP client the SDKs are built on: httpx for anthropic 0.x / openai 1.x, httpx2 for the newer
 # releases (which refuse an `httpx.Client` as http_client). Tests use the same one throughout.
@@ -90,61 +88,6 @@ def client_credential(rec: Any) -> str | None:
 
 def all_header_values(mock: MockProvider) -> list[str]:
     return [v for r in mock.received for _, v in r.raw_headers]
-
-
-class StallingServer:
-    """A raw HTTP/1.1 "provider" that sends a response head plus part of its body, then goes silent
-    until stopped (MockProvider's faults can't stall the body of an error status)."""
-
-    def __init__(self, head: bytes) -> None:
-        self.head = head
-        self.requests = 0
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self._sock.settimeout(0.1)
-        self._stop = threading.Event()
-        self._conns: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-
-    def __enter__(self) -> StallingServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5.0)
-        self._sock.close()
-        for conn in self._conns:
-            conn.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            self._conns.append(conn)
-            conn.settimeout(2.0)
-            data = b""
-            for _ in range(1000):  # bounded: a connect probe closes at once, a request ends in \r\n\r\n
-                if b"\r\n\r\n" in data:
-                    break
-                try:
-                    chunk = conn.recv(65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                data += chunk
-            if b"\r\n\r\n" in data:
-                self.requests += 1
-                with contextlib.suppress(OSError):
-                    conn.sendall(self.head)
 
 
 @dataclass
@@ -447,7 +390,7 @@ def test_error_status_with_stalled_body_is_bounded(
 ) -> None:
     backup = mock_factory("backup")
     head = b"HTTP/1.1 529 Overloaded\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{"
-    with StallingServer(head) as stalling:
+    with ScriptServer(stall_after(head)) as stalling:
         config = tmp_path / "config.yaml"
         write_config(config, config_doc([{"id": "primary", "base_url": stalling.base_url},
                                          provider("backup", backup)]))  # fmt: skip

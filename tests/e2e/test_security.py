@@ -34,6 +34,14 @@ def write_config(tmp_path: Path, apps: dict[str, Any], **kw: Any) -> Path:
     return configs.write(tmp_path / "config.yaml", configs.config(apps, **kw))
 
 
+def assert_no_key_in_state(folder: Path) -> None:
+    """The state database and its WAL files hold no secret (as bytes: what a reader of the disk gets)."""
+    for suffix in ("", "-wal", "-shm"):
+        f = folder / f"state.db{suffix}"
+        if f.exists():
+            assert not secret_leaks(f.read_bytes()), f.name
+
+
 def flows_in(path: Path) -> list[Any]:
     from mitmproxy import io as mio
 
@@ -239,10 +247,7 @@ def test_no_key_in_logs_saved_flows_or_state_on_any_path(tmp_path: Path, mitmdum
         saved = flows.read_bytes()
         assert saved and not secret_leaks(saved), "a key is in the saved flows"
         assert len(flows_in(flows)) >= 10
-        for suffix in ("", "-wal", "-shm"):
-            f = tmp_path / f"state.db{suffix}"
-            if f.exists():
-                assert not secret_leaks(f.read_bytes()), f.name
+        assert_no_key_in_state(tmp_path)
 
 
 @pytest.mark.timeout(60)
@@ -305,10 +310,7 @@ def test_a_key_a_provider_echoes_never_reaches_flows_the_log_or_the_state(
         assert "served by backup after primary" in md.log_text()
         assert not secret_leaks(md.log_text().encode()), "a key is in mitmdump's log"
         assert len(flows_in(flows)) >= 5 and not secret_leaks(flows.read_bytes()), "a key is in saved flows"
-        for suffix in ("", "-wal", "-shm"):
-            f = tmp_path / f"state.db{suffix}"
-            if f.exists():
-                assert not secret_leaks(f.read_bytes()), f.name
+        assert_no_key_in_state(tmp_path)
 
 
 @pytest.mark.timeout(90)

@@ -91,6 +91,16 @@ def drip(head: bytes, every: float) -> Script:
     return script
 
 
+def stall_after(head: bytes) -> Script:
+    """Write `head` (a status line, fields and part of a body), then nothing until the server stops."""
+
+    def script(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(head)
+        stop.wait(60)
+
+    return script
+
+
 def continue_then(answer: bytes, delay: float) -> Script:
     """`100 Continue`, then after `delay` the real answer."""
 
