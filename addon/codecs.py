@@ -1,4 +1,5 @@
-"""Content codings of request bodies, for the one rewrite Detour makes to a body (the model name).
+"""Content codings (gzip, deflate, br, zstd): request bodies whose model is mapped, and answers a
+provider compressed although Detour asked for `identity`.
 
 gzip and deflate come with Python; br and zstd with mitmproxy (its `brotli` and `zstandard`
 dependencies), imported only when a body needs them.
