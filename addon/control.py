@@ -146,7 +146,7 @@ class Control:
                 status if status is not None else verdict.status,
                 outcome.value,
                 round(latency_ms, 2),
-                "" if outcome is Outcome.SUCCESS else self.redact(verdict.reason),
+                "" if outcome is Outcome.SUCCESS else verdict.reason,
             )
         )
         if transition is not None:

@@ -471,7 +471,7 @@ class Exchange:
             coding = _content_coding(event.headers)
             if coding not in ("", "identity"):
                 # Its end and error events can't be watched, nor its keys masked.
-                why = f"stream sent with content-encoding {coding[:20]} (Detour asks for identity)"
+                why = f"stream sent with content-encoding {coding} (Detour asks for identity)"
                 unreadable = classify_error(ErrorKind.UNREADABLE, why)
                 return [Abort(attempt), *self._failed(attempt, unreadable), Pick()]
             attempt.streaming = True
@@ -522,9 +522,10 @@ class Exchange:
     def _on_end(self, event: BodyEnd) -> list[Action]:
         attempt = self._current()
         attempt.phase = Phase.ENDED
-        verdict = self._masked(attempt.verdict())
+        verdict = attempt.verdict()
         if attempt.streaming:
             self.attempt = None
+            verdict = self._masked(verdict)
             rest: list[Action] = [Forward(self._redacted(attempt.pending))] if attempt.pending else []
             if verdict.outcome is Outcome.SUCCESS or (attempt.watch is not None and attempt.watch.error):
                 # An error event was forwarded as the provider sent it: the client's SDK reports it.
@@ -596,9 +597,9 @@ class Exchange:
     def _end_attempt(self, attempt: Attempt, verdict: Verdict) -> list[Action]:
         """The attempt broke off (connection failure or deadline): fail over, or cut the client."""
         attempt.phase = Phase.ENDED
-        verdict = self._masked(verdict)
         if attempt.streaming:
             self.attempt = None
+            verdict = self._masked(verdict)
             return [Abort(attempt), Record(attempt, verdict), self._done(None, verdict), Cut(verdict.reason)]
         return [Abort(attempt), *self._failed(attempt, verdict), Pick()]
 
@@ -679,9 +680,7 @@ class Exchange:
         for name, value in headers:
             if name in _HOP_BY_HOP or name in (PROVIDER_HEADER, ATTEMPTS_HEADER):
                 continue
-            if secrets and any(s.encode() in value for s in secrets):
-                value = redact_bytes(value, secrets)
-            kept.append((name, value))
+            kept.append((name, redact_bytes(value, secrets) if secrets else value))
         kept += self._detour_headers(provider)
         return tuple(kept)
 

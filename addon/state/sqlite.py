@@ -451,17 +451,7 @@ class SqliteBackend:
     def _resync(self) -> None:
         """After failed writes: store the latest current providers and breakers again, since the
         batches that carried them were rolled back (a full disk that cleared, a lock that went away)."""
-        latest = list(self._latest.values())  # a copy: the event loop keeps updating the dict
-        try:
-            with self._conn_lock:
-                conn = self._conn
-                if conn is None:  # pragma: no cover - only after the thread has finished
-                    return
-                with _transaction(conn):
-                    for write in latest:
-                        self._run_one(conn, write.sql, write.params)
-        except sqlite3.Error as exc:
-            self._failed(exc)
+        self._apply(list(self._latest.values()))  # a copy: the event loop keeps updating the dict
 
     def _execute(self, conn: sqlite3.Connection, ops: list[_Write | AttemptRecord]) -> None:
         secrets = self._secrets
