@@ -34,6 +34,25 @@ def write_config(tmp_path: Path, apps: dict[str, Any], **kw: Any) -> Path:
     return configs.write(tmp_path / "config.yaml", configs.config(apps, **kw))
 
 
+def keyed_claude(p: MockProvider, b: MockProvider) -> dict[str, Any]:
+    """The usual app: Claude's host, `primary` with KEY_P then `backup` with KEY_B."""
+    return {"claude": configs.app("api.anthropic.com", configs.keyed_pair(p.base_url, b.base_url))}
+
+
+def serve_keyed_claude(
+    tmp_path: Path, mitmdump_factory: MdFactory, p: MockProvider, b: MockProvider, **kw: Any
+) -> tuple[int, Mitmdump]:
+    """Detour for `keyed_claude` on a base-URL listener: its port and the running mitmdump."""
+    port = free_port()
+    md = mitmdump_factory(
+        write_config(tmp_path, keyed_claude(p, b)),
+        reverse={port: "https://api.anthropic.com"},
+        env=KEY_ENV,
+        **kw,
+    )
+    return port, md
+
+
 def assert_no_key_in_state(folder: Path) -> None:
     """The state database and its WAL files hold no secret (as bytes: what a reader of the disk gets)."""
     for suffix in ("", "-wal", "-shm"):
@@ -152,9 +171,7 @@ def test_a_foreign_client_reaches_no_loopback_or_self_address_in_any_spelling(
         MockProvider("backup").start() as b,
         MockProvider("other-local-service").start() as other,
     ):
-        cfg = write_config(
-            tmp_path, {"claude": configs.app("api.anthropic.com", configs.keyed_pair(p.base_url, b.base_url))}
-        )
+        cfg = write_config(tmp_path, keyed_claude(p, b))
         reverse, regular = free_port(), free_port()
         md = mitmdump_factory(
             cfg,
@@ -203,7 +220,7 @@ def test_no_key_in_logs_saved_flows_or_state_on_any_path(tmp_path: Path, mitmdum
     with MockProvider("primary").start() as p, MockProvider("backup").start() as b:
         cfg = write_config(
             tmp_path,
-            {"claude": configs.app("api.anthropic.com", configs.keyed_pair(p.base_url, b.base_url))},
+            keyed_claude(p, b),
             timeouts={"connect": "1s", "first_byte": "500ms", "idle": "500ms"},
         )
         md = mitmdump_factory(
@@ -291,13 +308,9 @@ def test_a_key_a_provider_echoes_never_reaches_flows_the_log_or_the_state(
     masked in round 1, but the published attempt flows and the failure reasons were not."""
     flows = tmp_path / "flows.mitm"
     with MockProvider("primary").start() as p, MockProvider("backup").start() as b:
-        apps = {"claude": configs.app("api.anthropic.com", configs.keyed_pair(p.base_url, b.base_url))}
-        cfg = write_config(tmp_path, apps)
-        port = free_port()
-        md = mitmdump_factory(
-            cfg, reverse={port: "https://api.anthropic.com"}, env=KEY_ENV,
-            extra_args=["-w", str(flows), "--set", "flow_detail=4"],
-        )  # fmt: skip
+        port, md = serve_keyed_claude(
+            tmp_path, mitmdump_factory, p, b, extra_args=["-w", str(flows), "--set", "flow_detail=4"]
+        )
         error = {"type": "overloaded_error", "message": f"overloaded (key {KEY_P})"}
         echo = {"type": "error", "error": error}
         p.fault("status", times=2, status=529, body=echo, headers={"x-echo-key": KEY_P})
@@ -321,7 +334,7 @@ def test_mitmweb_never_shows_a_key_while_detour_waits_or_after(
     with MockProvider("primary").start() as p, MockProvider("backup").start() as b:
         cfg = write_config(
             tmp_path,
-            {"claude": configs.app("api.anthropic.com", configs.keyed_pair(p.base_url, b.base_url))},
+            keyed_claude(p, b),
             timeouts={"connect": "1s", "first_byte": "2s", "idle": "2s"},
         )
         port, web_port = free_port(), free_port()
@@ -466,11 +479,7 @@ def test_a_providers_key_never_reaches_the_client(
     where: str, params: dict[str, Any], tmp_path: Path, mitmdump_factory: MdFactory
 ) -> None:
     with MockProvider("primary").start() as p, MockProvider("backup").start() as b:
-        cfg = write_config(
-            tmp_path, {"claude": configs.app("api.anthropic.com", configs.keyed_pair(p.base_url, b.base_url))}
-        )
-        port = free_port()
-        mitmdump_factory(cfg, reverse={port: "https://api.anthropic.com"}, env=KEY_ENV)
+        port, _ = serve_keyed_claude(tmp_path, mitmdump_factory, p, b)
         p.fault("status", times=1, **params)
         status, headers, body = post_json(port, "/v1/messages", MSG, {"x-api-key": CLIENT_KEY})
         blob = json.dumps(headers).encode() + body
@@ -484,11 +493,7 @@ def test_an_error_event_echoing_a_key_is_masked_in_the_stream(
     tmp_path: Path, mitmdump_factory: MdFactory
 ) -> None:
     with MockProvider("primary").start() as p, MockProvider("backup").start() as b:
-        cfg = write_config(
-            tmp_path, {"claude": configs.app("api.anthropic.com", configs.keyed_pair(p.base_url, b.base_url))}
-        )
-        port = free_port()
-        mitmdump_factory(cfg, reverse={port: "https://api.anthropic.com"}, env=KEY_ENV)
+        port, _ = serve_keyed_claude(tmp_path, mitmdump_factory, p, b)
         p.fault("sse_error", times=1, after=1, message=f"invalid key {KEY_P}")
         reply = fetch(port, "api.anthropic.com", *request_for("anthropic", True), absolute=False)
         assert b"event: error" in reply.body
