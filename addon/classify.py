@@ -28,16 +28,23 @@ class Outcome(enum.Enum):
     PROVIDER_FAILURE = "provider_failure"
     CONNECT_FAILURE = "connect_failure"
     TIMEOUT = "timeout"
+    #: The request is too long for this provider's context window: a larger one may take it. Not
+    #: the provider's fault, so it fails over without counting against it.
+    CONTEXT_EXCEEDED = "context_exceeded"
 
     @property
     def fails_over(self) -> bool:
         """The next provider should get the request."""
-        return self in (Outcome.PROVIDER_FAILURE, Outcome.CONNECT_FAILURE, Outcome.TIMEOUT)
+        return self in _FAILS_OVER
 
     @property
     def counts_as_failure(self) -> bool:
         """The provider's breaker should count it; client errors are neutral."""
-        return self.fails_over
+        return self in _COUNTS
+
+
+_COUNTS = frozenset({Outcome.PROVIDER_FAILURE, Outcome.CONNECT_FAILURE, Outcome.TIMEOUT})
+_FAILS_OVER = _COUNTS | {Outcome.CONTEXT_EXCEEDED}
 
 
 class ErrorKind(enum.Enum):
@@ -48,6 +55,7 @@ class ErrorKind(enum.Enum):
     TIMEOUT_CONNECT = "timeout_connect"
     TIMEOUT_FIRST_BYTE = "timeout_first_byte"
     TIMEOUT_IDLE = "timeout_idle"
+    TIMEOUT_FIRST_TOKEN = "timeout_first_token"  # a stream's head came, its content didn't
     STREAM_ERROR = "stream_error"  # an SSE `event: error` inside a 200 response
     TOO_LARGE = "too_large"  # an answer larger than Detour will hold in memory
     UNREADABLE = "unreadable"  # an answer Detour can't read (a compressed event stream)
@@ -94,6 +102,7 @@ _ERROR_OUTCOMES = {
     ErrorKind.TIMEOUT_CONNECT: Outcome.TIMEOUT,
     ErrorKind.TIMEOUT_FIRST_BYTE: Outcome.TIMEOUT,
     ErrorKind.TIMEOUT_IDLE: Outcome.TIMEOUT,
+    ErrorKind.TIMEOUT_FIRST_TOKEN: Outcome.TIMEOUT,
     ErrorKind.STREAM_ERROR: Outcome.PROVIDER_FAILURE,
     ErrorKind.TOO_LARGE: Outcome.PROVIDER_FAILURE,
     ErrorKind.UNREADABLE: Outcome.PROVIDER_FAILURE,

@@ -31,6 +31,7 @@ from addon.model import (
     BreakerPolicy,
     Config,
     Provider,
+    RetrySame,
     StatusPolicy,
     Timeouts,
 )
@@ -45,7 +46,7 @@ DEFAULT_AUTH: dict[Api, str] = {
 _TOP_KEYS = ("state", "breaker", "timeouts", "switch_min_interval", "attempt_log_limit", "max_body", "apps")
 _APP_KEYS = (
     "hosts", "providers", "paths", "max_attempts", "timeouts", "api", "error_shape",
-    "failover_statuses", "client_error_statuses",
+    "failover_statuses", "client_error_statuses", "retry_same", "continue_streams",
 )  # fmt: skip
 _PROVIDER_KEYS = ("id", "base_url", "api_key", "auth", "models", "breaker", "enabled")
 _APP_NAME = re.compile(r"[a-z][a-z0-9_-]*")
@@ -69,6 +70,10 @@ _UNIT_BYTES = {
 }
 _MIN_BODY, _MAX_BODY = 64 * 1024, 1024**3
 _MAX_TIMEOUT = 3600.0
+#: Timeouts that may be 0, meaning "no limit".
+_MAY_BE_OFF = frozenset({"first_token"})
+#: The longest wait a same-provider retry may be allowed (longer belongs to the breaker).
+_MAX_RETRY_WAIT = 60.0
 #: Upper bounds for the numbers a config may set: beyond them a value is a typo, not a wish.
 _MAX_PERIOD = 86_400.0  # breaker periods, the switch interval
 _MAX_COUNT = 1_000_000
@@ -245,6 +250,12 @@ def _size(at: _At, value: object, lo: int, hi: int) -> int:
     return size
 
 
+def _bool(at: _At, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise at.error(f"must be true or false, got {_show(value)}")
+    return value
+
+
 def _rate(at: _At, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise at.error(f"must be a number, got {_kind(value)}")
@@ -337,8 +348,22 @@ class _Parser:
 
     def timeouts(self, at: _At, value: object, base: Timeouts) -> Timeouts:
         fields = _mapping(at, value, [f.name for f in dataclasses.fields(Timeouts)])
-        changes = {name: _duration(at.key(name), raw, limit=_MAX_TIMEOUT) for name, raw in fields.items()}
+        changes = {
+            # first_token may be 0: no limit (a model that is silent for long before it streams)
+            name: _duration(at.key(name), raw, name not in _MAY_BE_OFF, limit=_MAX_TIMEOUT)
+            for name, raw in fields.items()
+        }
         return dataclasses.replace(base, **changes)
+
+    def retry_same(self, at: _At, value: object) -> RetrySame:
+        fields = _mapping(at, value, [f.name for f in dataclasses.fields(RetrySame)])
+        changes: dict[str, Any] = {}
+        for name, raw in fields.items():
+            if name == "attempts":
+                changes[name] = _int(at.key(name), raw, 0, 5)
+            else:
+                changes[name] = _duration(at.key(name), raw, False, limit=_MAX_RETRY_WAIT)
+        return dataclasses.replace(RetrySame(), **changes)
 
     def app(self, at: _At, name: object, value: object, breaker: BreakerPolicy, timeouts: Timeouts) -> App:
         if not isinstance(name, str) or not _APP_NAME.fullmatch(name):
@@ -362,6 +387,8 @@ class _Parser:
             timeouts=self.timeouts(at.key("timeouts"), spec.get("timeouts", {}), timeouts),
             statuses=self.statuses(at, spec),
             api=shape,
+            retry_same=self.retry_same(at.key("retry_same"), spec.get("retry_same", {})),
+            continue_streams=_bool(at.key("continue_streams"), spec.get("continue_streams", True)),
         )
 
     def api(self, at: _At, spec: Mapping[str, object], hosts: tuple[str, ...]) -> Api:

@@ -9,6 +9,7 @@ of growing memory, and the driver can wait on one thing at a time: the next even
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -276,6 +277,10 @@ class _Run:
         """Carry out one action; an action that has an immediate answer returns it as an event."""
         d, ex = self.d, self.ex
         if isinstance(action, Pick):
+            if action.same is not None:
+                permit = d.control.acquire(ex.app.name, action.same.id)
+                if permit is not None:
+                    return Picked(action.same, permit, d.clock())
             picked = d.control.acquire_next(ex.app.name, ex.queue)
             if picked is None:
                 return Exhausted(d.control.retry_after(ex.app.name), d.clock())
@@ -341,8 +346,11 @@ class _Run:
         self.channel = Channel()
         if self.gone:
             self.channel.push(ClientGone(self.d.clock()))
+        request = self.request
+        if action.attempt.body_override is not None:  # a continuation: the same request, prefilled
+            request = dataclasses.replace(request, body=action.attempt.body_override)
         try:
-            outbound = for_provider(self.request, action.attempt.provider, upgrade)
+            outbound = for_provider(request, action.attempt.provider, upgrade)
         except NotAdaptable as e:
             logger.warning("detour: %s not sent to %s: %s", self.ex.app.name, action.attempt.provider.id, e)
             self.channel.push(Unsendable(str(e), self.d.clock()))

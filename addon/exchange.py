@@ -13,8 +13,18 @@ stream must be cut rather than ended. It does no I/O and reads no clock: a drive
                                                       └ success, whole: Deliver
 
 An `UpstreamError` or a `Tick` past the attempt's deadline ends the attempt: the next provider is
-picked while the client has seen nothing, and the client's stream is cut (never ended cleanly) once
-it has.
+picked while the client has seen nothing. Three policies refine that:
+
+- **first token**: a streamed answer's head is held (with its pings and empty events) until the first
+  generated content arrives, so a provider that accepts a request but doesn't generate is left
+  within `first_token` like a silent one; the held bytes go out the moment content arrives.
+- **continuation**: once the client has part of a text answer, a break (reset, silence, an end
+  without the final event) no longer has to cut it: the next provider is asked to continue the
+  text (the dialect writes the prefill and splices its events in). Where that can't be done (a tool
+  call or thinking was under way, the provider rejects the prefill, nobody is left) the client's
+  stream is cut, never ended cleanly.
+- **same-provider retry**: a 429 with a short Retry-After or a 5xx is retried once on the same
+  provider after that wait, before failing over.
 """
 
 from __future__ import annotations
@@ -29,7 +39,8 @@ from addon import codecs
 from addon.breaker import Permit
 from addon.classify import ErrorKind, Outcome, Verdict, classify_error, classify_status
 from addon.formats import Dialect, StreamWatch
-from addon.model import App, Provider
+from addon.formats.continuation import Splicer, Transcript
+from addon.model import App, Provider, Timeouts
 from addon.secrets import redact, redact_bytes
 
 Headers = tuple[tuple[bytes, bytes], ...]
@@ -168,7 +179,10 @@ Event = (
 
 
 class Pick(NamedTuple):
-    """Retry on the next provider: acquire it from the queue and answer `Picked` or `Exhausted`."""
+    """Retry on the next provider: acquire it from the queue and answer `Picked` or `Exhausted`.
+    With `same`, that provider is tried again first (a same-provider retry), if its breaker admits."""
+
+    same: Provider | None = None
 
 
 class Send(NamedTuple):
@@ -297,6 +311,8 @@ class Result:
     attempts: int
     streamed: bool
     client_gone: bool = False
+    #: The answer was begun by a provider that broke and continued by `served_by`.
+    continued: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -315,6 +331,8 @@ class Attempt:
     provider: Provider
     permit: Permit
     started: float
+    #: The request streams (its head comes as soon as the provider accepts it): the short first byte.
+    streamed: bool = False
     phase: Phase = Phase.CONNECTING
     connected_at: float = 0.0
     last_activity: float = 0.0
@@ -330,17 +348,33 @@ class Attempt:
     streaming: bool = False
     #: The answer is kept whole in `body` (held back, or delivered once complete).
     holding: bool = False
+    #: A streamed answer's head and first events are held until content arrives (or `token_due`).
+    awaiting_token: bool = False
+    token_due: float = 0.0
+    held: bytearray = field(default_factory=bytearray)
+    #: A continuation: the request asks for the rest of a broken answer, whose events are spliced.
+    body_override: bytes | None = None
+    splicer: Splicer | None = None
 
-    def deadline(self, app: App) -> tuple[float, ErrorKind] | None:
+    @property
+    def client_has_head(self) -> bool:
+        """Part of this answer reached the client: it can no longer be replaced, only continued."""
+        return self.streaming and not self.awaiting_token
+
+    def deadline(self, timeouts: Timeouts) -> tuple[float, ErrorKind, float] | None:
         """The one deadline rule: each phase has one limit, counted from when that phase began
-        (the connect from the start, the first byte from the connect, idle from the last data)."""
-        timeouts = app.timeouts
+        (the connect from the start, the first byte from the connect, idle from the last data, the
+        first token from the head); returned with the kind of timeout and the limit itself."""
         if self.phase is Phase.CONNECTING:
-            return self.started + timeouts.connect, ErrorKind.TIMEOUT_CONNECT
+            return self.started + timeouts.connect, ErrorKind.TIMEOUT_CONNECT, timeouts.connect
         if self.phase is Phase.WAITING:
-            return self.connected_at + timeouts.first_byte, ErrorKind.TIMEOUT_FIRST_BYTE
+            limit = timeouts.first_byte if self.streamed else timeouts.first_byte_unstreamed
+            return self.connected_at + limit, ErrorKind.TIMEOUT_FIRST_BYTE, limit
         if self.phase is Phase.RECEIVING:
-            return self.last_activity + timeouts.idle, ErrorKind.TIMEOUT_IDLE
+            idle = self.last_activity + timeouts.idle
+            if self.token_due and self.token_due < idle:
+                return self.token_due, ErrorKind.TIMEOUT_FIRST_TOKEN, timeouts.first_token
+            return idle, ErrorKind.TIMEOUT_IDLE, timeouts.idle
         return None
 
     def verdict(self) -> Verdict:
@@ -378,6 +412,7 @@ class Exchange:
         queue: list[Provider],
         secrets: tuple[str, ...] = (),
         limits: Limits = Limits(),
+        body: bytes = b"",
     ) -> None:
         self.app = app
         self.dialect = dialect
@@ -387,6 +422,8 @@ class Exchange:
         self.queue = queue
         self.secrets = secrets
         self.limits = limits
+        #: The client's request body (uncompressed), from which a continuation is written.
+        self.body = body
         self.attempt: Attempt | None = None
         self.attempts = 0
         self.failed: list[FailedAttempt] = []
@@ -396,6 +433,18 @@ class Exchange:
         self._reached = False
         #: The status of the last failed WebSocket handshake, for the client when every provider failed.
         self._failed_handshake: int | None = None
+        #: What the client got of a streamed answer, kept while it may have to be continued.
+        self._sent: bytearray | None = (
+            bytearray() if app.continue_streams and delivery is Delivery.STREAM and body else None
+        )
+        #: A broken answer being continued, and why it broke (the client's cut if nobody continues).
+        self._continuing: Transcript | None = None
+        self._broke: Verdict | None = None
+        #: An attempt past its first-token limit, kept until the next provider is actually acquired.
+        self._replacing: tuple[Attempt, Verdict] | None = None
+        #: Same-provider retries: how many each provider had, and the one waiting for its time.
+        self._retries: dict[str, int] = {}
+        self._retry: tuple[Provider, float] | None = None
 
     # --- the driver's interface ---------------------------------------------------------------
 
@@ -405,9 +454,11 @@ class Exchange:
 
     def deadline(self) -> float | None:
         """When the driver must send a `Tick`, if nothing else happens first."""
-        if self.attempt is None or self.result is not None:
+        if self.result is not None:
             return None
-        due = self.attempt.deadline(self.app)
+        if self.attempt is None:
+            return self._retry[1] if self._retry is not None else None
+        due = self.attempt.deadline(self.app.timeouts)
         return due[0] if due is not None else None
 
     def handle(self, event: Event) -> list[Action]:
@@ -422,13 +473,32 @@ class Exchange:
         return [Pick()]
 
     def _on_picked(self, event: Picked) -> list[Action]:
+        actions: list[Action] = []
+        if self._replacing is not None:  # the slow attempt gives way now that there is a successor
+            (slow, verdict), self._replacing = self._replacing, None
+            slow.phase = Phase.ENDED
+            actions = [Abort(slow), *self._failed(slow, verdict)]
         self.attempts += 1
-        attempt = Attempt(self.attempts, event.provider, event.permit, event.now)
+        streamed = self.delivery is not Delivery.WHOLE
+        attempt = Attempt(self.attempts, event.provider, event.permit, event.now, streamed)
+        if self._continuing is not None:
+            attempt.body_override = self.dialect.continued_body(
+                self.body, self._continuing, event.provider.base_url
+            )
+            if attempt.body_override is None:
+                self.failed.append(FailedAttempt(event.provider.id, "the request can't be continued"))
+                return [*actions, Release(attempt), Pick()]
         self.attempt = attempt
-        return [Send(attempt)]
+        return [*actions, Send(attempt)]
 
     def _on_exhausted(self, event: Exhausted) -> list[Action]:
+        if self._replacing is not None:
+            # Nobody to give the slow attempt's request to: keep it, now without a first-token limit.
+            self._replacing = None
+            return []
         self.attempt = None
+        if self._continuing is not None:
+            return self._cut(self._broke, "nobody left to continue it")
         if self._failed_handshake is not None:  # its body was never read: Detour says why
             reasons = ", ".join(f"{a.provider} ({a.reason})" for a in self.failed)
             message = f"every provider failed the WebSocket handshake: {reasons}"
@@ -473,8 +543,20 @@ class Exchange:
                 # Its end and error events can't be watched, nor its keys masked.
                 why = f"stream sent with content-encoding {coding} (Detour asks for identity)"
                 unreadable = classify_error(ErrorKind.UNREADABLE, why)
-                return [Abort(attempt), *self._failed(attempt, unreadable), Pick()]
+                return [Abort(attempt), *self._end_attempt(attempt, unreadable)]
+            if self._continuing is not None:
+                if attempt.watch is None:
+                    unreadable = classify_error(ErrorKind.UNREADABLE, "continued with no event stream")
+                    return [Abort(attempt), *self._failed(attempt, unreadable), Pick()]
+                attempt.streaming = True
+                attempt.splicer = self.dialect.splicer(self._continuing)
+                return []
             attempt.streaming = True
+            first_token = self.app.timeouts.first_token
+            if attempt.watch is not None and first_token > 0:
+                attempt.awaiting_token = True
+                attempt.token_due = event.now + first_token
+                return []
             return [Stream(event.status, self._client_headers(event.headers, attempt.provider))]
         attempt.holding = True
         return []
@@ -508,34 +590,107 @@ class Exchange:
         attempt = self._current()
         attempt.last_activity = event.now
         data = event.data
-        if attempt.watch is not None:
-            attempt.watch.feed(data)
+        watch = attempt.watch
+        if watch is not None:
+            watch.feed(data)
         if attempt.streaming:
             ready = self._complete_events(attempt, data)
-            return [Forward(ready)] if ready else []
+            if attempt.awaiting_token:
+                return self._await_token(attempt, watch, ready)
+            return self._forward(ready)
         if len(attempt.body) + len(data) > self.limits.max_body:
             verdict = classify_error(ErrorKind.TOO_LARGE, f"answer larger than {self.limits.max_body} bytes")
             return [Abort(attempt), *self._failed(attempt, verdict), Pick()]
         attempt.body += data
         return []
 
+    def _await_token(self, attempt: Attempt, watch: StreamWatch | None, ready: bytes) -> list[Action]:
+        """A streamed answer whose head is held: release it with the first content, or fail over
+        on an error before any (the client has seen nothing, so another provider can answer)."""
+        assert watch is not None
+        if watch.error is not None:
+            verdict = classify_error(ErrorKind.STREAM_ERROR, watch.error)
+            return [Abort(attempt), *self._failed(attempt, verdict), Pick()]
+        attempt.held += ready
+        if watch.content_started or watch.complete or len(attempt.held) > MAX_PENDING_EVENT:
+            return self._release_head(attempt)
+        return []
+
+    def _release_head(self, attempt: Attempt) -> list[Action]:
+        attempt.awaiting_token = False
+        attempt.token_due = 0.0
+        held, attempt.held = bytes(attempt.held), bytearray()
+        status = attempt.status or 200
+        head = Stream(status, self._client_headers(attempt.headers, attempt.provider))
+        return [head, *self._forward(held)]
+
+    def _forward(self, ready: bytes) -> list[Action]:
+        if not ready:
+            return []
+        sent = self._sent
+        if sent is not None:
+            if len(sent) + len(ready) <= self.limits.max_body:
+                sent += ready
+            else:
+                self._sent = None  # too long to continue: a break will cut it
+        return [Forward(ready)]
+
     def _on_end(self, event: BodyEnd) -> list[Action]:
         attempt = self._current()
         attempt.phase = Phase.ENDED
         verdict = attempt.verdict()
+        if attempt.awaiting_token:
+            if verdict.outcome is not Outcome.SUCCESS:  # nothing reached the client: fail over
+                return [*self._failed(attempt, verdict), Pick()]
+            attempt.held += attempt.pending  # a complete answer without content (or with little)
+            attempt.pending = b""
+            released = self._release_head(attempt)
+            return [*released, Record(attempt, verdict), self._done(attempt.provider, verdict), Finish()]
         if attempt.streaming:
             self.attempt = None
             verdict = self._masked(verdict)
-            rest: list[Action] = [Forward(self._redacted(attempt.pending))] if attempt.pending else []
+            rest = self._forward(self._spliced(attempt, attempt.pending)) if attempt.pending else []
             if verdict.outcome is Outcome.SUCCESS or (attempt.watch is not None and attempt.watch.error):
                 # An error event was forwarded as the provider sent it: the client's SDK reports it.
                 return [*rest, Record(attempt, verdict), self._done(attempt.provider, verdict), Finish()]
-            return [*rest, Record(attempt, verdict), self._done(None, verdict), Cut(verdict.reason)]
+            return [*rest, *self._broken(attempt, verdict)]
+        if verdict.outcome is Outcome.CLIENT_ERROR and self._continuing is None:
+            answer = self.readable(Answer(attempt.status or 400, attempt.headers, bytes(attempt.body)))
+            if self.dialect.larger_context_helps(answer.status, answer.body):
+                self._last_failure = answer
+                why = f"http {answer.status}: too long for this provider's context window"
+                return [*self._failed(attempt, Verdict(Outcome.CONTEXT_EXCEEDED, why, answer.status)), Pick()]
         if verdict.fails_over:
             if attempt.status_verdict is not None and attempt.status_verdict.fails_over:
                 self._last_failure = Answer(attempt.status or 502, attempt.headers, bytes(attempt.body))
-            return [*self._failed(attempt, verdict), Pick()]
+            wait = self._retry_wait(attempt.provider, verdict)
+            recorded = self._failed(attempt, verdict)
+            if wait is None:
+                return [*recorded, Pick()]
+            self._retries[attempt.provider.id] = self._retries.get(attempt.provider.id, 0) + 1
+            self._retry = (attempt.provider, event.now + wait)
+            return recorded
+        if self._continuing is not None:  # the provider turned the continuation down
+            self.attempt = None
+            why = f"{attempt.provider.id} did not continue it ({verdict.reason})"
+            return [Record(attempt, verdict), *self._cut(self._broke, why)]
         return [Record(attempt, verdict), *self._deliver(attempt, verdict)]
+
+    def _retry_wait(self, provider: Provider, verdict: Verdict) -> float | None:
+        """How long to wait before trying `provider` again for this request, or None to fail over:
+        a 429 only with a Retry-After, a 5xx after its Retry-After or a short backoff, both only if
+        the wait fits `max_wait` (a retry always waits the full time: it must never hammer)."""
+        policy = self.app.retry_same
+        status = verdict.status
+        if status is None or self._retries.get(provider.id, 0) >= policy.attempts:
+            return None
+        if status == 429:
+            wait = verdict.retry_after
+        elif 500 <= status <= 599:
+            wait = verdict.retry_after if verdict.retry_after is not None else policy.backoff
+        else:
+            return None
+        return wait if wait is not None and wait <= policy.max_wait else None
 
     def _on_upstream_error(self, event: UpstreamError) -> list[Action]:
         attempt = self._current()
@@ -544,27 +699,30 @@ class Exchange:
         kind = event.kind
         if kind is ErrorKind.CONNECT and attempt.phase is not Phase.CONNECTING:
             kind = ErrorKind.RESET
-        return self._end_attempt(attempt, classify_error(kind, event.detail))
+        return [Abort(attempt), *self._end_attempt(attempt, classify_error(kind, event.detail))]
 
     def _on_tick(self, event: Tick) -> list[Action]:
         attempt = self.attempt
-        due = attempt.deadline(self.app) if attempt is not None else None
-        if attempt is None or due is None or event.now < due[0]:
+        if attempt is None:
+            retry = self._retry
+            if retry is None or event.now < retry[1]:
+                return []
+            self._retry = None
+            return [Pick(same=retry[0])]
+        due = attempt.deadline(self.app.timeouts)
+        if due is None or event.now < due[0]:
             return []
-        kind = due[1]
+        _, kind, limit = due
         if attempt.phase is not Phase.CONNECTING:
             self._reached = True
-        limit = {
-            ErrorKind.TIMEOUT_CONNECT: self.app.timeouts.connect,
-            ErrorKind.TIMEOUT_FIRST_BYTE: self.app.timeouts.first_byte,
-            ErrorKind.TIMEOUT_IDLE: self.app.timeouts.idle,
-        }[kind]
-        what = (
-            "no connection"
-            if kind is ErrorKind.TIMEOUT_CONNECT
-            else ("no response" if kind is ErrorKind.TIMEOUT_FIRST_BYTE else "silent")
-        )
-        return self._end_attempt(attempt, classify_error(kind, f"{what} for {limit:g}s"))
+        verdict = classify_error(kind, f"{_SILENCE[kind]} for {limit:g}s")
+        if kind is ErrorKind.TIMEOUT_FIRST_TOKEN:
+            # Leave it only for a provider that takes the request: if none is left, its answer,
+            # however slow, is still the best there is.
+            attempt.token_due = 0.0
+            self._replacing = (attempt, verdict)
+            return [Pick()]
+        return [Abort(attempt), *self._end_attempt(attempt, verdict)]
 
     def _on_unsendable(self, event: Unsendable) -> list[Action]:
         attempt = self._current()
@@ -581,6 +739,8 @@ class Exchange:
     def _on_client_gone(self, event: ClientGone) -> list[Action]:
         attempt = self.attempt
         self.attempt = None
+        self._replacing = None
+        self._retry = None
         result = Result(None, None, tuple(self.failed), self.attempts, self._streamed(), client_gone=True)
         self.result = result
         if attempt is None or attempt.phase is Phase.ENDED:
@@ -595,13 +755,33 @@ class Exchange:
         return self.attempt
 
     def _end_attempt(self, attempt: Attempt, verdict: Verdict) -> list[Action]:
-        """The attempt broke off (connection failure or deadline): fail over, or cut the client."""
+        """The attempt broke off (connection failure, deadline, unreadable): fail over, or, once
+        the client has part of its answer, continue or cut it. The caller aborts the attempt."""
         attempt.phase = Phase.ENDED
-        if attempt.streaming:
+        if attempt.client_has_head:
             self.attempt = None
-            verdict = self._masked(verdict)
-            return [Abort(attempt), Record(attempt, verdict), self._done(None, verdict), Cut(verdict.reason)]
-        return [Abort(attempt), *self._failed(attempt, verdict), Pick()]
+            return self._broken(attempt, self._masked(verdict))
+        return [*self._failed(attempt, verdict), Pick()]
+
+    def _broken(self, attempt: Attempt, verdict: Verdict) -> list[Action]:
+        """A stream the client is reading broke: have the next provider continue it if the dialect
+        can (text only, the message still open), else cut it."""
+        transcript = self.dialect.transcript(bytes(self._sent)) if self._sent is not None else None
+        if transcript is None:
+            return [Record(attempt, verdict), *self._cut(verdict, None)]
+        if self._broke is None:
+            self._broke = verdict
+        self._continuing = transcript
+        self.failed.append(FailedAttempt(attempt.provider.id, verdict.reason))
+        return [Record(attempt, verdict), Pick()]
+
+    def _cut(self, verdict: Verdict | None, why: str | None) -> list[Action]:
+        """End the client's stream so that it can't look complete, saying why it broke."""
+        reason = verdict.reason if verdict is not None else "the answer broke off"
+        if why:
+            reason = self._masked(Verdict(Outcome.PROVIDER_FAILURE, f"{reason}; {why}")).reason
+        done = self._done(None, verdict)
+        return [done, Cut(reason)]
 
     def _failed(self, attempt: Attempt, verdict: Verdict) -> list[Action]:
         self.attempt = None
@@ -651,7 +831,14 @@ class Exchange:
             return b""
         end = end or len(buffered)  # a runaway event: pass it on rather than hold it without bound
         attempt.pending = buffered[end:]
-        return self._redacted(buffered[:end])
+        return self._spliced(attempt, buffered[:end])
+
+    def _spliced(self, attempt: Attempt, events: bytes) -> bytes:
+        """Events as the client gets them: a continuation's rewritten into the client's message
+        (before masking, which must see the text as it is sent), then masked."""
+        if attempt.splicer is not None:
+            events = attempt.splicer.feed(events)
+        return self._redacted(events)
 
     def _redacted(self, data: bytes) -> bytes:
         secrets = self.secrets
@@ -666,7 +853,10 @@ class Exchange:
 
     def _done(self, served_by: Provider | None, verdict: Verdict | None = None) -> Done:
         self.attempt = None
-        self.result = Result(served_by, verdict, tuple(self.failed), self.attempts, self._streamed())
+        continued = served_by is not None and self._continuing is not None
+        self.result = Result(
+            served_by, verdict, tuple(self.failed), self.attempts, self._streamed(), continued=continued
+        )
         return Done(self.result)
 
     def _streamed(self) -> bool:
@@ -691,6 +881,15 @@ class Exchange:
         if self.failed:
             fields.append((ATTEMPTS_HEADER, header_safe(attempts_text(self.failed)).encode()))
         return fields
+
+
+#: How each timeout describes the provider's silence in a failure reason.
+_SILENCE = {
+    ErrorKind.TIMEOUT_CONNECT: "no connection",
+    ErrorKind.TIMEOUT_FIRST_BYTE: "no response",
+    ErrorKind.TIMEOUT_FIRST_TOKEN: "no content",
+    ErrorKind.TIMEOUT_IDLE: "silent",
+}
 
 
 class ProtocolError(RuntimeError):

@@ -38,11 +38,35 @@ class BreakerPolicy:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Bounds on one attempt: a provider that exceeds them is treated as failed."""
+    """Bounds on one attempt: a provider that exceeds them is treated as failed.
+
+    The first byte has two limits because the two kinds of request differ by minutes: a provider
+    sends a streamed answer's head as soon as it has accepted the request, but a whole answer's only
+    once it has generated all of it.
+    """
 
     connect: float = 10.0
-    first_byte: float = 60.0
+    #: Streamed requests (`"stream": true`, `alt=sse`, WebSocket): from the connection to the head.
+    first_byte: float = 30.0
+    #: Non-streamed requests: from the connection to the head, i.e. the whole generation.
+    first_byte_unstreamed: float = 300.0
+    #: Streamed answers: from the head to the first generated content (0: no limit). Until then the
+    #: client has seen nothing, so a provider that accepted but doesn't generate can be left.
+    first_token: float = 15.0
     idle: float = 120.0
+
+
+@dataclass(frozen=True)
+class RetrySame:
+    """Retrying the provider that just failed, before failing over: for a 429 whose Retry-After is
+    short, or a 5xx (after `backoff`), since both are often gone a moment later."""
+
+    #: Retries per provider per request (0: always fail over at once).
+    attempts: int = 1
+    #: The longest wait a retry may cost; a longer Retry-After fails over instead.
+    max_wait: float = 3.0
+    #: The wait before retrying a 5xx that names no Retry-After.
+    backoff: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -101,6 +125,9 @@ class App:
     timeouts: Timeouts = Timeouts()
     statuses: StatusPolicy = StatusPolicy()
     api: Api = "anthropic"
+    retry_same: RetrySame = RetrySame()
+    #: A streamed text answer that breaks mid-way is continued on the next provider (see exchange).
+    continue_streams: bool = True
 
     def provider(self, provider_id: str) -> Provider | None:
         return next((p for p in self.providers if p.id == provider_id), None)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from addon.formats.base import Dialect, EventKind, json_object
+from addon.formats.base import Dialect, EventKind, error_text, json_object
+from addon.formats.continuation import Splicer, Transcript, documents, dumps, with_assistant_turn
 from addon.formats.sse import SSEEvent
 
 _EVENTS = {
@@ -22,6 +24,19 @@ _ERROR_TYPES = {
     503: "overloaded_error",
     529: "overloaded_error",
 }
+#: "prompt is too long: 215000 tokens > 200000 maximum", "input length and `max_tokens` exceed
+#: context limit: ...": a model with a larger context window may take the same request.
+_CONTEXT_EXCEEDED = re.compile(r"prompt is too long|exceed context limit|context window", re.IGNORECASE)
+#: Events that end the message: after one of them there is nothing left to continue.
+_ENDING = frozenset({"message_delta", "message_stop", "error"})
+
+
+def _name(event: SSEEvent, document: dict[str, object] | None) -> str:
+    """The event's name; unnamed events carry the same in their payload's `type`."""
+    if event.event != "message":
+        return event.event
+    kind = document.get("type") if document else None
+    return kind if isinstance(kind, str) else ""
 
 
 @dataclass(frozen=True)
@@ -29,14 +44,93 @@ class Anthropic(Dialect):
     def classify_event(self, event: SSEEvent) -> EventKind:
         if event.event != "message":
             return _EVENTS.get(event.event, EventKind.OTHER)
-        # Unnamed events: the payload's own `type` says the same.
-        document = json_object(event.data)
-        kind = document.get("type") if document else None
-        return _EVENTS.get(kind, EventKind.OTHER) if isinstance(kind, str) else EventKind.OTHER
+        return _EVENTS.get(_name(event, json_object(event.data)), EventKind.OTHER)
 
     def error_document(self, status: int, message: str) -> dict[str, object]:
         kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": kind, "message": message}}
+
+    def larger_context_helps(self, status: int, body: bytes) -> bool:
+        return status == 400 and bool(_CONTEXT_EXCEEDED.search(error_text(body)))
+
+    def transcript(self, sent: bytes) -> Transcript | None:
+        message_id, index, is_open, text = "", -1, False, []
+        for event, document in documents(sent):
+            name = _name(event, document)
+            if name in _ENDING:
+                return None
+            if document is None:
+                continue
+            if name == "message_start":
+                message = document.get("message")
+                found = message.get("id") if isinstance(message, dict) else None
+                message_id = found if isinstance(found, str) else ""
+            elif name == "content_block_start":
+                block = document.get("content_block")
+                if not isinstance(block, dict) or block.get("type") != "text":
+                    return None  # thinking or a tool call: a prefill can't continue those
+                index, is_open = _index(document), True
+                text.append(str(block.get("text") or ""))
+            elif name == "content_block_delta":
+                delta = document.get("delta")
+                if not isinstance(delta, dict) or delta.get("type") != "text_delta":
+                    return None
+                text.append(str(delta.get("text") or ""))
+            elif name == "content_block_stop":
+                is_open = False
+        whole = "".join(text)
+        if not message_id or not whole.strip():
+            return None
+        return Transcript(whole, message_id, index, is_open)
+
+    def continued_body(self, body: bytes, transcript: Transcript, base_url: str) -> bytes | None:
+        # A prefill ends without whitespace (the API rejects it) and can't be combined with
+        # extended thinking; the answer's thinking, if any, is over anyway.
+        turn: dict[str, object] = {"role": "assistant", "content": transcript.prefill}
+        return with_assistant_turn(body, turn, drop=("thinking",))
+
+    def splicer(self, transcript: Transcript) -> Splicer:
+        return _AnthropicSplicer(transcript, transcript.trimmed)
+
+
+def _index(document: dict[str, object]) -> int:
+    index = document.get("index")
+    return index if isinstance(index, int) else 0
+
+
+class _AnthropicSplicer(Splicer):
+    """The continuing provider's message becomes more of the client's: its `message_start` is
+    dropped, its first text block joins the client's open one, later blocks are numbered on."""
+
+    def __init__(self, transcript: Transcript, trimmed: bool) -> None:
+        super().__init__(transcript, trimmed)
+        #: Added to the continuing provider's block indices; fixed by its first block.
+        self._offset = transcript.index if transcript.open else transcript.index + 1
+
+    def rewrite(self, event: SSEEvent) -> list[SSEEvent]:
+        document = json_object(event.data)
+        name = _name(event, document)
+        if document is None or name == "message_start":
+            return [] if name == "message_start" else [event]
+        t = self.transcript
+        out: list[SSEEvent] = []
+        if name == "content_block_start" and _index(document) == 0 and t.open:
+            block = document.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "text" and not block.get("text"):
+                return []  # the client's open block goes on
+            # Something else comes first: close the client's block, number the rest after it.
+            stop = {"type": "content_block_stop", "index": t.index}
+            out.append(SSEEvent("content_block_stop" if event.event != "message" else "message", dumps(stop)))
+            self._offset = t.index + 1
+        if "index" in document:
+            document["index"] = self._offset + _index(document)
+        delta = document.get("delta")
+        if name == "content_block_delta" and isinstance(delta, dict) and delta.get("type") == "text_delta":
+            delta["text"] = self.text(str(delta.get("text") or ""))
+            if not delta["text"]:
+                return out
+        out.append(SSEEvent(event.event, dumps(document)))
+        return out
 
 
 ANTHROPIC = Anthropic("anthropic", "anthropic", ("/v1/messages*", "/v1/complete"))

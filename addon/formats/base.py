@@ -11,6 +11,7 @@ import enum
 import json
 from dataclasses import dataclass
 
+from addon.formats.continuation import Splicer, Transcript
 from addon.formats.sse import SSEEvent, SSEParser
 
 #: How much of an in-stream error event is kept for the failure reason (masked, then shortened, by the
@@ -46,6 +47,28 @@ class Dialect:
     def classify_event(self, event: SSEEvent) -> EventKind:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def has_content(self, event: SSEEvent) -> bool:
+        """A CONTENT event really carries generated content. Asked only until the first one does
+        (so it may parse): a dialect whose streams open with empty deltas says no to those."""
+        return True
+
+    def larger_context_helps(self, status: int, body: bytes) -> bool:
+        """A client-error answer says the request is too long for this provider's context window,
+        which a provider with a larger one may not be."""
+        return False
+
+    def transcript(self, sent: bytes) -> Transcript | None:
+        """What the client got of a streamed answer that broke, if it can be continued elsewhere:
+        text only, with the message still open. None when not (a tool call, thinking, no text)."""
+        return None
+
+    def continued_body(self, body: bytes, transcript: Transcript, base_url: str) -> bytes | None:
+        """The client's request asking a provider to continue `transcript`, or None if it can't."""
+        return None
+
+    def splicer(self, transcript: Transcript) -> Splicer:  # pragma: no cover - only with a transcript
+        raise NotImplementedError
+
     def error_document(self, status: int, message: str) -> dict[str, object]:  # pragma: no cover
         raise NotImplementedError
 
@@ -74,6 +97,15 @@ def json_true(body: bytes, key: bytes) -> bool:
         if rest[:1] == b":" and rest[1:].lstrip().startswith(b"true"):
             return True
     return False
+
+
+def error_text(body: bytes) -> str:
+    """An error body's code, type, status and message joined, for matching (empty if not JSON)."""
+    document = json_object(body.decode("utf-8", "replace"))
+    error = document.get("error") if document is not None else None
+    if not isinstance(error, dict):
+        return ""
+    return " ".join(str(error.get(k)) for k in ("code", "type", "status", "message") if error.get(k))
 
 
 def json_object(data: str) -> dict[str, object] | None:
@@ -108,7 +140,8 @@ class StreamWatch:
             if kind is EventKind.OTHER:
                 continue
             if kind is EventKind.CONTENT:
-                self.content_started = True
+                if not self.content_started:
+                    self.content_started = self._dialect.has_content(event)
             elif kind is EventKind.TERMINAL:
                 self.terminal = True
             elif kind is EventKind.FINISHED:

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from addon.formats.base import Dialect, EventKind, json_object
+from addon.formats.base import Dialect, EventKind, error_text, json_object
 from addon.formats.sse import SSEEvent
 
 _STATUS = {
@@ -17,6 +18,12 @@ _STATUS = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+
+
+#: "The input token count (1048577) exceeds the maximum number of tokens allowed (1048576)."
+_CONTEXT_EXCEEDED = re.compile(
+    r"input token count.*exceeds the maximum|exceeds the maximum number of tokens", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,9 @@ class Gemini(Dialect):
         if '"text"' in data or '"functionCall"' in data:
             return EventKind.CONTENT
         return EventKind.OTHER
+
+    def larger_context_helps(self, status: int, body: bytes) -> bool:
+        return status == 400 and bool(_CONTEXT_EXCEEDED.search(error_text(body)))
 
     def error_document(self, status: int, message: str) -> dict[str, object]:
         return {"error": {"code": status, "message": message, "status": _STATUS.get(status, "INTERNAL")}}

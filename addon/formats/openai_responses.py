@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from addon.formats.base import Dialect, EventKind, json_object
-from addon.formats.openai_chat import openai_error
+from addon.formats.openai_chat import openai_context_exceeded, openai_error
 from addon.formats.sse import SSEEvent
 
 _EVENTS = {
@@ -21,6 +21,9 @@ _EVENTS = {
     "response.function_call_arguments.delta": EventKind.CONTENT,
     "response.function_call_arguments.done": EventKind.CONTENT,
     "response.refusal.delta": EventKind.CONTENT,
+    # A reasoning model may think for minutes before its first delta: an output item (reasoning,
+    # message or call) being added is the sign that generation has begun.
+    "response.output_item.added": EventKind.CONTENT,
 }
 
 
@@ -36,6 +39,9 @@ class OpenAIResponses(Dialect):
 
     def error_document(self, status: int, message: str) -> dict[str, object]:
         return openai_error(status, message)
+
+    def larger_context_helps(self, status: int, body: bytes) -> bool:
+        return openai_context_exceeded(status, body)
 
 
 OPENAI_RESPONSES = OpenAIResponses("openai-responses", "openai", ("/v1/responses", "/v1/responses/*"))

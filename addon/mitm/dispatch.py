@@ -87,8 +87,10 @@ class Dispatcher:
             return None
         delivery = _delivery(request, dialect)
         limits = Limits(max_body=self.control.config.max_body)
+        # A continuation rewrites the request's JSON: only a body sent uncompressed can be.
+        plain = request.body if request.header(b"content-encoding") in (None, b"identity") else b""
         exchange = Exchange(
-            app, dialect, delivery, self.control.candidates(app), self.control.secrets, limits
+            app, dialect, delivery, self.control.candidates(app), self.control.secrets, limits, plain
         )
         if delivery is Delivery.WHOLE:
             return self._answer_whole(flow, app, exchange, request)

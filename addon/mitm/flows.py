@@ -18,6 +18,8 @@ Headers = tuple[tuple[bytes, bytes], ...]
 
 MARK_FAILED_OVER = ":arrows_counterclockwise:"
 MARK_ALL_FAILED = ":x:"
+#: A streamed answer that broke and was finished by another provider.
+MARK_CONTINUED = ":link:"
 #: The most of a streamed answer kept on its flow for mitmweb and saved flows.
 COPY_LIMIT = 8 * 1024 * 1024
 
@@ -190,6 +192,9 @@ def annotate(flow: http.HTTPFlow, app: str, result: Result) -> None:
     elif served is None:
         flow.comment = f"detour {app}: every provider failed: {attempts_text(failed)}"
         flow.marked = MARK_ALL_FAILED
+    elif result.continued:
+        flow.comment = f"detour {app}: continued by {served} after {attempts_text(failed)}"
+        flow.marked = MARK_CONTINUED
     elif failed:
         flow.comment = f"detour {app}: served by {served} after {attempts_text(failed)}"
         flow.marked = MARK_FAILED_OVER
@@ -201,4 +206,5 @@ def annotate(flow: http.HTTPFlow, app: str, result: Result) -> None:
         "app": app,
         "provider": served,
         "failed": [{"provider": a.provider, "reason": a.reason} for a in failed],
+        "continued": result.continued,
     }

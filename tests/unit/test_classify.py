@@ -401,6 +401,7 @@ ERROR_TABLE = [
     (ErrorKind.TIMEOUT_CONNECT, Outcome.TIMEOUT),
     (ErrorKind.TIMEOUT_FIRST_BYTE, Outcome.TIMEOUT),
     (ErrorKind.TIMEOUT_IDLE, Outcome.TIMEOUT),
+    (ErrorKind.TIMEOUT_FIRST_TOKEN, Outcome.TIMEOUT),
     (ErrorKind.STREAM_ERROR, Outcome.PROVIDER_FAILURE),
     (ErrorKind.TOO_LARGE, Outcome.PROVIDER_FAILURE),
     (ErrorKind.UNREADABLE, Outcome.PROVIDER_FAILURE),
@@ -434,6 +435,8 @@ OUTCOME_TABLE = [
     (Outcome.PROVIDER_FAILURE, True, True),
     (Outcome.CONNECT_FAILURE, True, True),
     (Outcome.TIMEOUT, True, True),
+    # too long for this provider's context: another may take it, and it's not this one's fault
+    (Outcome.CONTEXT_EXCEEDED, True, False),
 ]
 
 

@@ -290,9 +290,8 @@ P1 = "apps.claude.providers[1]"
 DURATION = "must be a duration such as 500ms, 30s, 10m or 1h"
 REF = "malformed ${...} reference, expected ${NAME} with NAME of letters, digits and _"
 BREAKER_KEYS = ", ".join(sorted(f.name for f in dataclasses.fields(BreakerPolicy)))
-APP_KEYS = ("api, client_error_statuses, error_shape, failover_statuses, hosts, max_attempts, paths, "
-            "providers, "
-            "timeouts")
+APP_KEYS = ("api, client_error_statuses, continue_streams, error_shape, failover_statuses, hosts, "
+            "max_attempts, paths, providers, retry_same, timeouts")
 
 #: (document, message without the leading "config.yaml: ")
 ERRORS = [
@@ -330,7 +329,8 @@ ERRORS = [
      "switch_min_interval, "
      "timeouts)"),
     (doc(breaker={"treshold": 1}), f"breaker.treshold: unknown key (expected one of: {BREAKER_KEYS})"),
-    (doc(timeouts={"read": "1s"}), "timeouts.read: unknown key (expected one of: connect, first_byte, idle)"),
+    (doc(timeouts={"read": "1s"}),
+     "timeouts.read: unknown key (expected one of: connect, first_byte, first_byte_unstreamed, first_token, idle)"),
     (claude(host=["x"]), f"apps.claude.host: unknown key (expected one of: {APP_KEYS})"),
     (backup(base_ulr="x"),
      f"{P1}.base_ulr: unknown key (expected one of: api_key, auth, base_url, breaker, enabled, id, models)"),

@@ -50,7 +50,7 @@ from addon.exchange import (
     UpstreamError,
 )
 from addon.formats import DIALECTS
-from addon.model import App, Provider, Timeouts
+from addon.model import App, Provider, RetrySame, Timeouts
 
 CONNECT, FIRST_BYTE, IDLE = 10.0, 60.0, 120.0
 SECRET = "sk-backup-secret-123456"
@@ -59,17 +59,23 @@ JSON = ((b"content-type", b"application/json"),)
 PERMIT = Permit(0, probe=False)
 
 
-def app(*ids: str) -> App:
+#: The policies of issue 16 are off unless a test turns one on: each test states what it plays.
+PLAIN_TIMEOUTS = Timeouts(
+    connect=CONNECT, first_byte=FIRST_BYTE, first_byte_unstreamed=FIRST_BYTE, first_token=0, idle=IDLE
+)
+
+
+def app(*ids: str, **policies: object) -> App:
     providers = tuple(
         Provider(i, f"https://{i}.example", api_key=SECRET if i == "backup" else None) for i in ids
     )
-    return App(
-        "claude",
-        ("api.anthropic.com",),
-        providers,
-        ("/v1/messages*",),
-        timeouts=Timeouts(CONNECT, FIRST_BYTE, IDLE),
-    )
+    chosen: dict[str, object] = {
+        "timeouts": PLAIN_TIMEOUTS,
+        "retry_same": RetrySame(attempts=0),
+        "continue_streams": False,
+        **policies,
+    }
+    return App("claude", ("api.anthropic.com",), providers, ("/v1/messages*",), **chosen)  # type: ignore[arg-type]
 
 
 def sse(*events: tuple[str, dict[str, object]]) -> bytes:
@@ -104,7 +110,11 @@ class Script:
             if isinstance(action, Pick):
                 queue = self.exchange.queue
                 answer: Event = (
-                    Picked(queue.pop(0), PERMIT, self.clock.now) if queue else Exhausted(7.0, self.clock.now)
+                    Picked(action.same, PERMIT, self.clock.now)
+                    if action.same is not None
+                    else Picked(queue.pop(0), PERMIT, self.clock.now)
+                    if queue
+                    else Exhausted(7.0, self.clock.now)
                 )
                 pending = self.exchange.handle(answer) + pending
         self.actions += out
@@ -151,9 +161,13 @@ class Script:
 
 
 def script(
-    delivery: Delivery = Delivery.WHOLE, *ids: str, dialect: str = "anthropic", **kw: object
+    delivery: Delivery = Delivery.WHOLE,
+    *ids: str,
+    dialect: str = "anthropic",
+    policies: dict[str, object] | None = None,
+    **kw: object,
 ) -> Script:
-    a = app(*(ids or ("primary", "backup")))
+    a = app(*(ids or ("primary", "backup")), **(policies or {}))
     ex = Exchange(a, DIALECTS[dialect], delivery, list(a.providers), (SECRET,), **kw)  # type: ignore[arg-type]
     s = Script(ex)
     s.start()
