@@ -330,7 +330,8 @@ ERRORS = [
      "timeouts)"),
     (doc(breaker={"treshold": 1}), f"breaker.treshold: unknown key (expected one of: {BREAKER_KEYS})"),
     (doc(timeouts={"read": "1s"}),
-     "timeouts.read: unknown key (expected one of: connect, first_byte, first_byte_unstreamed, first_token, idle)"),
+     "timeouts.read: unknown key (expected one of: connect, first_byte, first_byte_unstreamed, "
+     "first_token, idle)"),
     (claude(host=["x"]), f"apps.claude.host: unknown key (expected one of: {APP_KEYS})"),
     (backup(base_ulr="x"),
      f"{P1}.base_ulr: unknown key (expected one of: api_key, auth, base_url, breaker, enabled, id, models)"),
