@@ -97,12 +97,18 @@ FAULTS: list[tuple[str, tuple[str, ...], tuple[str, ...], int | None, int | None
     ("reset", FAILOVER, FAILOVER, 1, 1),
     ("hang", FAILOVER, FAILOVER, 1, 1),
     ("slow-first-byte", FAILOVER, FAILOVER, 1, 1),
-    # Once a stream has started nothing can be unsent: the client sees a cut, never a clean end.
+    # A stream broken after two events: before its first content (Anthropic) the client has seen
+    # nothing yet (its head is held until the first token), so it fails over; after some text
+    # (Chat) the backup continues it. A Responses stream has begun (an output item was added) and
+    # can't be continued: the client sees a cut, never a clean end (STREAM_EXCEPTIONS).
     # A non-streamed body cut after its headers: the client has seen nothing yet, so it fails over.
-    ("sse-cut", ("cut",), FAILOVER, 1, None),
-    ("sse-stall", ("cut",), FAILOVER, 1, None),
-    # README: "the error event as sent" (stream); the JSON variant of this fault answers normally.
-    ("sse-error", ("error-event",), ("ok:primary",), 1, 0),
+    ("sse-cut", FAILOVER, FAILOVER, 1, None),
+    ("sse-stall", FAILOVER, FAILOVER, 1, None),
+    # An error event before the first content: the client has seen nothing, so it fails over.
+    # After content has begun, README: "the error event as sent". The JSON variants of these faults
+    # answer normally.
+    ("sse-error", FAILOVER, ("ok:primary",), 1, None),
+    ("sse-error-late", ("error-event",), ("ok:primary",), 1, 0),
     ("sse-malformed", ("ok:primary",), ("ok:primary",), 1, 0),
     ("flapping", ("ok:backup,ok:backup,ok:primary,ok:primary",),
      ("ok:backup,ok:backup,ok:primary,ok:primary",), 4, 2),
@@ -112,8 +118,9 @@ FAULTS: list[tuple[str, tuple[str, ...], tuple[str, ...], int | None, int | None
     # connection is gone, the new one is refused); the next request fails over again.
     ("refused-warm", ("ok:primary,ok:backup,ok:backup",), ("ok:primary,ok:backup,ok:backup",), 1, 2),
 ]
+STREAM_EXCEPTIONS = {("sse-cut", "responses"): ("cut",), ("sse-stall", "responses"): ("cut",)}
 CELLS = [
-    Cell(fault, api, stream, exp_s if stream else exp_j, ph, bh)
+    Cell(fault, api, stream, STREAM_EXCEPTIONS.get((fault, api), exp_s) if stream else exp_j, ph, bh)
     for fault, exp_s, exp_j, ph, bh in FAULTS
     for api in APIS
     for stream in (True, False)
@@ -208,6 +215,8 @@ def apply_fault(env: Env, fault: str) -> None:
         p.fault("hang")
     elif fault == "slow-first-byte":
         p.fault("slow_first_byte", delay=CONNECT + FIRST_BYTE + 1.5)
+    elif fault == "sse-error-late":
+        p.fault("sse_error", after=3)
     elif fault in ("sse-cut", "sse-stall", "sse-error", "sse-malformed"):
         p.fault(fault.replace("-", "_"))
     elif fault == "flapping":

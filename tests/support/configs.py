@@ -43,6 +43,9 @@ def app(
     hosts: str | list[str], providers: list[dict[str, Any]], api: str | None = None, **extra: Any
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {"hosts": [hosts] if isinstance(hosts, str) else list(hosts)}
+    # Suites written before same-provider retries count one request per failure; the resilience
+    # suite (test_resilience.py) plays the example config's settings instead.
+    entry["retry_same"] = {"attempts": 0}
     if api:
         entry["api"] = api
     entry.update(extra)
@@ -59,12 +62,15 @@ def config(
     switch_min_interval: str = "0s",
     **extra: Any,
 ) -> dict[str, Any]:
-    """A whole config: small timeouts and a quick breaker, overridable key by key."""
+    """A whole config: small timeouts and a quick breaker, overridable key by key. Whole answers
+    get the streams' first-byte limit unless told otherwise (the suites predate the split)."""
+    chosen = {"connect": "1s", "first_byte": "1.5s", "idle": "1.5s", **(timeouts or {})}
+    chosen.setdefault("first_byte_unstreamed", chosen["first_byte"])
     return {
         "state": state,
         "switch_min_interval": switch_min_interval,
         "breaker": {"failure_threshold": 3, "open_for": "1s", "max_open_for": "2s", **(breaker or {})},
-        "timeouts": {"connect": "1s", "first_byte": "1.5s", "idle": "1.5s", **(timeouts or {})},
+        "timeouts": chosen,
         **extra,
         "apps": apps,
     }

@@ -31,6 +31,13 @@ Faults (``mock.fault(kind, times=None, path_prefix=None, **params)``; ``mock.hea
     sse_malformed    200 SSE: garbage (bad JSON, a line without a colon), then the normal events
     slow_stream      normal SSE with ``interval`` seconds between events
     big_stream       normal SSE whose text is ``count`` pieces of ``size`` characters
+    slow_first_token the head and the events before the first content at once, then ``delay``
+                     seconds, then the rest
+    sse_no_done      Chat: a complete stream (finish_reason, usage if asked) without ``data: [DONE]``;
+                     ``framing="close"`` ends it by closing the connection instead of chunking
+
+A request whose last message is an assistant turn (a prefill) is answered with the rest of the
+mock's own answer when that answer begins with it (``mock.continued`` lists the prefills).
 
 The SSE-only faults on a non-streaming request: ``sse_cut``/``sse_stall`` send the headers and
 half the JSON body, then cut/stall; ``sse_error``/``sse_malformed``/``slow_stream`` answer normally.
@@ -77,6 +84,8 @@ FAULT_KINDS = frozenset(
         "sse_malformed",
         "slow_stream",
         "big_stream",
+        "slow_first_token",
+        "sse_no_done",
     }
 )
 
@@ -217,6 +226,8 @@ class MockProvider:
     def __init__(self, name: str, websocket: bool = True, tls: ssl.SSLContext | None = None) -> None:
         self.name = name
         self.websocket = websocket
+        #: The prefill of every request that asked it to continue an answer, in order.
+        self.continued: list[str] = []
         #: Serve HTTPS with this context (see tlscerts.TestCA.server_context); HTTP/1.1 only.
         self.tls = tls
         #: Text messages received over WebSocket connections, in order.
@@ -725,6 +736,7 @@ class MockProvider:
 
         big = kind == "big_stream"
         self._big = (int(params.get("count", 1000)), int(params.get("size", 4096))) if big else None
+        self._no_done = kind == "sse_no_done"
         events = self._sse_events(api, model, body_json)
         headers = {
             "content-type": "text/event-stream; charset=utf-8",
@@ -733,8 +745,23 @@ class MockProvider:
         }
         if close:
             headers["connection"] = "close"
+        if kind == "sse_no_done" and params.get("framing") == "close":
+            # HTTP/1.0 style: no chunking, the body ends when the connection closes.
+            del headers["transfer-encoding"]
+            headers["connection"] = "close"
+            writer.write(_head(200, headers, extra) + b"".join(events))
+            await writer.drain()
+            writer.close()
+            return False
         writer.write(_head(200, headers, extra))
         await writer.drain()
+
+        if kind == "slow_first_token":
+            preamble = _PREAMBLE[api]
+            for ev in events[:preamble]:
+                await _send_chunk(writer, ev)
+            await asyncio.sleep(float(params.get("delay", 1.0)))
+            events = events[preamble:]
 
         if kind in ("sse_cut", "sse_stall"):
             for ev in events[: int(params.get("events", 2))]:
@@ -819,10 +846,17 @@ class MockProvider:
     def answer(self) -> str:
         return f"hello from {self.name}"
 
-    def _pieces(self) -> list[str]:
+    def _pieces(self, body: dict[str, Any] | None = None) -> list[str]:
         if getattr(self, "_big", None):
             count, size = self._big  # type: ignore[misc]
             return ["x" * size] * count
+        prefill = _prefill(body or {})
+        if prefill is not None:
+            # Asked to continue an answer: the rest of its own, if that is how its own begins.
+            self.continued.append(prefill)
+            if self.answer.startswith(prefill) and prefill:
+                rest = self.answer[len(prefill) :]
+                return [rest[: len(rest) // 2], rest[len(rest) // 2 :]]
         return ["hello", " from ", self.name]
 
     def _json_response(self, api: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -994,7 +1028,7 @@ class MockProvider:
 
     def _sse_events(self, api: str, model: str, body: dict[str, Any]) -> list[bytes]:
         if api == "gemini":
-            pieces = self._pieces()
+            pieces = self._pieces(body)
             chunks = [self._gemini_chunk(p, model, final=i == len(pieces) - 1) for i, p in enumerate(pieces)]
             return [f"data: {jsonlib.dumps(c)}\r\n\r\n".encode() for c in chunks]
         if api == "responses":
@@ -1028,7 +1062,7 @@ class MockProvider:
                     },
                 ),
             ]
-            for piece in self._pieces():
+            for piece in self._pieces(body):
                 seq.append(
                     (
                         "content_block_delta",
@@ -1066,7 +1100,7 @@ class MockProvider:
             }
 
         chunks = [chunk({"role": "assistant", "content": ""}, None)]
-        chunks += [chunk({"content": p}, None) for p in self._pieces()]
+        chunks += [chunk({"content": p}, None) for p in self._pieces(body)]
         chunks.append(chunk({}, "stop"))
         opts = body.get("stream_options")
         if isinstance(opts, dict) and opts.get("include_usage"):
@@ -1081,7 +1115,8 @@ class MockProvider:
                 }
             )
         out = [f"data: {jsonlib.dumps(c)}\n\n".encode() for c in chunks]
-        out.append(b"data: [DONE]\n\n")
+        if not getattr(self, "_no_done", False):
+            out.append(b"data: [DONE]\n\n")
         return out
 
     def _sse_error_event(self, api: str, params: dict[str, Any]) -> bytes:
@@ -1104,6 +1139,20 @@ class MockProvider:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+#: Events each API sends before its first content (what a slow first token comes after).
+_PREAMBLE = {"anthropic": 2, "openai": 1, "responses": 1, "gemini": 0}
+
+
+def _prefill(body: dict[str, Any]) -> str | None:
+    """The text of a final assistant message (Anthropic and Chat prefill), if the request has one."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    last = messages[-1]
+    content = last.get("content")
+    return content if last.get("role") == "assistant" and isinstance(content, str) else None
 
 
 def _head(status: int, headers: dict[str, str], extra: dict[str, str] | None = None) -> bytes:
