@@ -100,7 +100,8 @@ async def test_an_answering_provider_is_half_opened(
     assert s.state() is State.HALF_OPEN
     (probe,) = mock.received
     assert (probe.method, probe.path, probe.body) == ("GET", "/v1/models", b"")
-    assert "detour: claude/primary circuit open -> half_open (recovery probe answered http 200)" in caplog.text
+    line = "detour: claude/primary circuit open -> half_open (recovery probe answered http 200)"
+    assert line in caplog.text
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])
