@@ -81,9 +81,12 @@ async def answer_status(
     try:
         async with asyncio.timeout(connect):
             first = await anext(items)  # None: connected (or sent, on a kept-alive connection)
-        async with asyncio.timeout(answer):
+        deadline = asyncio.get_running_loop().time() + answer
+        async with asyncio.timeout_at(deadline):
             head = first if isinstance(first, Head) else await _head(items)
-            with contextlib.suppress(TimeoutError, UpstreamFailure, StopAsyncIteration):
+        # The status is all a probe needs: a body that stalls or breaks only costs the connection.
+        with contextlib.suppress(TimeoutError, UpstreamFailure):
+            async with asyncio.timeout_at(deadline):
                 await _drain(items)
         return head.status
     finally:

@@ -7,6 +7,7 @@ through Detour's own HTTP client to a `MockProvider` on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -16,9 +17,11 @@ from typing import Any
 import pytest
 from fakeclock import FakeClock
 from mockprovider import MockProvider
+from rawservers import ScriptServer, stall_after
 
 from addon.breaker import State
 from addon.classify import Outcome, Verdict
+from addon.config import parse_config
 from addon.control import Control
 from addon.credentials import CLIENT_CREDENTIALS
 from addon.model import Api, App, BreakerPolicy, Config, Provider, Timeouts
@@ -239,3 +242,50 @@ async def test_the_loop_probes_on_its_own_and_stops_when_cancelled(
         await asyncio.gather(task, return_exceptions=True)
         await s.prober.close()
     assert task.cancelled()
+
+
+async def test_an_answer_whose_body_stalls_still_counts(
+    mock_factory: Callable[[str], MockProvider], setup: Callable[..., Setup]
+) -> None:
+    """The status is what a probe reads; a body that never ends costs the connection, not the answer."""
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"
+    with ScriptServer(stall_after(head)) as stalling:
+        s = setup(mock_factory("unused"), timeouts=Timeouts(connect=1.0, first_byte=0.5))
+        stalled = Provider("primary", stalling.base_url, breaker=POLICY)
+        app = s.control.config.apps[0]
+        apps = (dataclasses.replace(app, providers=(stalled, *app.providers[1:])),)
+        s.control.reconfigure(dataclasses.replace(s.control.config, apps=apps))
+        s.trip()
+        started = time.monotonic()
+        await probe_now(s)
+        assert time.monotonic() - started < 3.0
+        assert s.state() is State.HALF_OPEN
+
+
+async def test_each_pass_uses_the_config_in_force(
+    mock_factory: Callable[[str], MockProvider], setup: Callable[..., Setup], tmp_path: Path
+) -> None:
+    """A reload applies from the next pass: here it turns the probe off, then on with a new key."""
+    mock = mock_factory("primary")
+    s = setup(mock)
+    s.trip()
+
+    def reload(breaker: str, key: str) -> None:
+        text = f"""
+breaker: {{failure_threshold: 3, open_for: 30s, success_threshold: 2, recovery_probe: {breaker}}}
+apps:
+  claude:
+    hosts: [api.anthropic.com]
+    providers:
+      - {{id: primary, base_url: "{mock.base_url}", api_key: "{key}"}}
+      - {{id: backup, base_url: "http://127.0.0.1:9"}}
+"""
+        s.control.reconfigure(parse_config(text, tmp_path / "config.yaml", {}))
+
+    reload("off", KEY)
+    await probe_now(s)
+    assert mock.count() == 0 and s.state() is State.OPEN
+    reload("5s", KEY + "-new")
+    await probe_now(s)
+    assert [r.headers.get("x-api-key") for r in mock.received] == [KEY + "-new"]
+    assert s.state() is State.HALF_OPEN
