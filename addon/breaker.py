@@ -3,6 +3,12 @@
 The transitions are pure functions from one frozen `BreakerState` to the next, so every rule (open,
 half-open, probe admission, backoff, stale results) is testable as a table under a fake clock. The
 `CircuitBreaker` holder only keeps the current state and hands out permits.
+
+Recovery has two paths. The lazy one: once `open_until` passes, the next real request tests the
+provider (half-open). The active one: while the circuit is open, Detour asks the provider itself every
+`recovery_probe` seconds (`addon.prober`); an answer moves the circuit to half-open at once, so a
+provider that recovered gets real traffic within about one interval, however long the backoff grew.
+A failed recovery probe changes nothing: only real requests lengthen the open period.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ class BreakerState:
     probes_in_flight: int = 0
     probe_successes: int = 0
     buckets: tuple[Bucket, ...] = ()
+    #: When the next active recovery probe of an OPEN circuit is due.
+    probe_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -139,8 +147,7 @@ def recorded(
         # Admitted before the circuit last opened: it says nothing about the provider now, except
         # that an overloaded provider asked for a pause.
         if failed and s.state is State.OPEN and retry_after:
-            until = now + min(retry_after, policy.max_open_for)
-            return replace(s, open_until=max(s.open_until, until)), None
+            return _paused(s, now + min(retry_after, policy.max_open_for)), None
         return s, None
     if s.state is State.CLOSED:
         return _recorded_closed(s, policy, failed, now, retry_after)
@@ -152,8 +159,7 @@ def recorded(
     # OPEN and same generation: only a forced call gets here.
     if failed:
         if retry_after:
-            until = now + min(retry_after, policy.max_open_for)
-            s = replace(s, open_until=max(s.open_until, until))
+            s = _paused(s, now + min(retry_after, policy.max_open_for))
         return s, None
     half = replace(s, state=State.HALF_OPEN, probes_in_flight=0, probe_successes=0)
     return _recorded_probe(half, policy, False, now, None)
@@ -206,17 +212,56 @@ def _opened(
     retry_after: float | None,
     reason: str,
 ) -> tuple[BreakerState, Transition]:
-    wait = period if not retry_after else max(period, min(retry_after, policy.max_open_for))
+    pause = min(retry_after, policy.max_open_for) if retry_after else 0.0
     opened = replace(
         s,
         state=State.OPEN,
-        open_until=now + wait,
+        open_until=now + max(period, pause),
         open_for=period,
         generation=s.generation + 1,
         probes_in_flight=0,
         probe_successes=0,
+        # A provider that asked for a pause (Retry-After) isn't asked again before it ends.
+        probe_at=now + max(policy.recovery_probe, pause),
     )
     return opened, Transition(s.state, State.OPEN, reason)
+
+
+def _paused(s: BreakerState, until: float) -> BreakerState:
+    """An open circuit whose provider asked for a pause until `until`: neither real requests nor
+    recovery probes go to it before then."""
+    return replace(s, open_until=max(s.open_until, until), probe_at=max(s.probe_at, until))
+
+
+def recovery_due(s: BreakerState, policy: BreakerPolicy, now: float) -> bool:
+    """Is an active recovery probe of this circuit due? Only while it is OPEN (a half-open circuit is
+    tested by real requests), and only when the policy enables the probe."""
+    return policy.recovery_probe > 0 and refreshed(s, now).state is State.OPEN and now >= s.probe_at
+
+
+def recovery_taken(s: BreakerState, policy: BreakerPolicy, now: float) -> tuple[BreakerState, int | None]:
+    """Take the due recovery probe: the next one is due an interval from now, whatever this one's
+    fate. Returns the generation the probe tests (for `probed`), or None when none is due."""
+    if not recovery_due(s, policy, now):
+        return s, None
+    return replace(s, probe_at=now + policy.recovery_probe), s.generation
+
+
+def probed(
+    s: BreakerState, generation: int, now: float, reason: str
+) -> tuple[BreakerState, Transition | None]:
+    """A recovery probe of `generation` was answered: the provider's server is up again, so the OPEN
+    circuit becomes HALF_OPEN now and the next real requests test it (`success_threshold` of them
+    close it). It doesn't close it: a model list can answer while the model endpoint is overloaded.
+
+    An answer for an earlier generation (the circuit opened again meanwhile), or for a circuit that is
+    no longer open, changes nothing.
+    """
+    s = refreshed(s, now)
+    if s.state is not State.OPEN or s.generation != generation:
+        return s, None
+    half = replace(s, state=State.HALF_OPEN, probes_in_flight=0, probe_successes=0)
+    return half, Transition(State.OPEN, State.HALF_OPEN, reason)
 
 
 def _with_result(
@@ -260,6 +305,8 @@ class CircuitBreaker:
                 consecutive_failures=snapshot.consecutive_failures,
                 open_until=snapshot.open_until,
                 open_for=snapshot.open_for,
+                # A restored open circuit is probed an interval after the start, like a new one.
+                probe_at=clock() + policy.recovery_probe,
             )
 
     @property
@@ -299,6 +346,16 @@ class CircuitBreaker:
         self._s, transition = recorded(
             self._s, self.policy, permit, outcome, self._clock(), retry_after
         )
+        return transition
+
+    def take_recovery_probe(self) -> int | None:
+        """The generation to probe if a recovery probe is due now (it is then taken), else None."""
+        self._s, generation = recovery_taken(self._s, self.policy, self._clock())
+        return generation
+
+    def probed(self, generation: int, reason: str) -> Transition | None:
+        """A recovery probe of `generation` was answered (see `probed`)."""
+        self._s, transition = probed(self._s, generation, self._clock(), reason)
         return transition
 
     def reset(self) -> None:

@@ -275,6 +275,19 @@ def _duration(at: _At, value: object, positive: bool = True, limit: float = _MAX
     return seconds
 
 
+def _interval_or_off(at: _At, value: object) -> float:
+    """Seconds, or 0 for off: `0`, `0s`, `off` and `false` (YAML reads a bare `off` as false)."""
+    if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+        return 0.0
+    try:
+        seconds = None if value is True else parse_duration(value)
+    except ValueError:
+        seconds = None
+    if seconds is None or seconds > _MAX_PERIOD:
+        raise at.error(f"{_DURATION_HINT} (at most 24h), or 0 / off to disable it, got {_show(value)}")
+    return seconds
+
+
 def _secs(seconds: float) -> str:
     return {3600.0: "1h", _MAX_PERIOD: "24h"}.get(seconds, f"{seconds:g}s")
 
@@ -337,6 +350,8 @@ class _Parser:
                 changes[name] = _rate(at.key(name), raw)
             elif name in ("window", "open_for", "max_open_for"):
                 changes[name] = _duration(at.key(name), raw, limit=_MAX_PERIOD)
+            elif name == "recovery_probe":
+                changes[name] = _interval_or_off(at.key(name), raw)
             else:
                 changes[name] = _int(at.key(name), raw, 1, _MAX_COUNT)
         merged = dataclasses.replace(base, **changes)

@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 
 from addon.breaker import BreakerSnapshot, Clock, Permit, State, Transition
 from addon.classify import Outcome, Verdict
 from addon.model import App, Config, Provider
-from addon.router import Router
+from addon.router import BreakerKey, Router
 from addon.secrets import redact
 from addon.state import AttemptRecord, StateBackend
 from addon.switch import SwitchEvent, SwitchManager
@@ -35,6 +36,20 @@ logger = logging.getLogger("detour")
 #: The permit of a provider that vanished in a reload while a request held it in its queue: the
 #: request may still use it (the queue is a snapshot); its result is recorded by no breaker.
 DETACHED = Permit(-1, probe=False)
+
+
+@dataclass(frozen=True)
+class ProbeTicket:
+    """One recovery probe to send (`addon.prober`): to `provider` of `app`, about the circuit's
+    `generation`, so an answer that arrives after the circuit changed is recognised as stale."""
+
+    app: App
+    provider: Provider
+    generation: int
+
+    @property
+    def key(self) -> BreakerKey:
+        return (self.app.name, self.provider.id)
 
 
 class Control:
@@ -157,6 +172,30 @@ class Control:
     def release(self, app: str, provider: str, permit: Permit) -> None:
         if permit is not DETACHED:
             self.router.release(app, provider, permit)
+
+    # --- active recovery probe --------------------------------------------------------------
+
+    def recovery_probes(self, busy: Collection[BreakerKey] = ()) -> list[ProbeTicket]:
+        """The recovery probes due now, one per open circuit whose interval has passed (taken: each is
+        handed out once). `busy` names circuits whose previous probe is still in flight."""
+        tickets = []
+        for app_name, provider, generation in self.router.take_recovery_probes(busy):
+            app = self.config.app(app_name)
+            if app is not None:
+                tickets.append(ProbeTicket(app, provider, generation))
+        return tickets
+
+    def probed(self, ticket: ProbeTicket, answered: bool, detail: str) -> Transition | None:
+        """The outcome of one recovery probe. An answer half-opens the circuit (persisted and logged
+        like every transition); a failure changes nothing and is only logged for debugging."""
+        app, provider = ticket.key
+        if not answered:
+            logger.debug("detour: %s/%s recovery probe failed (%s)", app, provider, self.redact(detail))
+            return None
+        transition = self.router.probed(app, provider, ticket.generation, detail)
+        if transition is not None:
+            self._persist_breaker(app, provider, transition)
+        return transition
 
     # --- the current provider ---------------------------------------------------------------
 

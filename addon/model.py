@@ -31,9 +31,13 @@ class BreakerPolicy:
     min_requests: int = 10
     window: float = 60.0
     open_for: float = 30.0
-    max_open_for: float = 600.0
+    #: A failed half-open test doubles the open period up to this. Kept low: a provider that was down
+    #: for long must not stay skipped for long once it is back (the recovery probe helps too).
+    max_open_for: float = 120.0
     success_threshold: int = 2
     half_open_probes: int = 1
+    #: Seconds between Detour's own liveness requests to a provider whose circuit is open; 0: off.
+    recovery_probe: float = 5.0
 
 
 @dataclass(frozen=True)

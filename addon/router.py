@@ -6,7 +6,7 @@ from the top every time, so traffic returns to the primary as soon as its breake
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from addon.breaker import BreakerSnapshot, CircuitBreaker, Clock, Permit, State, Transition
@@ -131,6 +131,26 @@ class Router:
         breaker = self._breakers.get((app, provider))
         if breaker is not None:
             breaker.release(permit)
+
+    def take_recovery_probes(self, busy: Collection[BreakerKey] = ()) -> list[tuple[str, Provider, int]]:
+        """(app, provider, generation) of every open circuit whose recovery probe is due, taken now;
+        circuits in `busy` (a probe still in flight) are left for later."""
+        due = []
+        for app, queue in self._queues.items():
+            for provider, breaker in queue:
+                if (app, provider.id) in busy:
+                    continue
+                generation = breaker.take_recovery_probe()
+                if generation is not None:
+                    due.append((app, provider, generation))
+        return due
+
+    def probed(self, app: str, provider: str, generation: int, reason: str) -> Transition | None:
+        """A recovery probe was answered; returns the state change if any (see `breaker.probed`)."""
+        breaker = self._breakers.get((app, provider))
+        if breaker is None:  # the provider vanished in a reload while its probe ran
+            return None
+        return breaker.probed(generation, reason)
 
     def reset(self, app: str, provider: str) -> None:
         self._breakers[(app, provider)].reset()

@@ -27,6 +27,7 @@ from addon.mitm.internals import check_internals
 from addon.mitm.relay import Relay
 from addon.mitm.routing import Routes
 from addon.model import Config
+from addon.prober import Prober
 from addon.state import SqliteBackend
 from addon.upstream import Pool, TlsSettings, exchange
 
@@ -51,6 +52,10 @@ class Detour:
         self._sent: dict[str, AsSent] = {}
         self._allow_hosts_set: list[str] | None = None
         self._watcher: asyncio.Future[None] | None = None
+        #: Probes providers whose circuit is open; it asks for `self.control` on every pass, so it
+        #: follows reloads (and probes nothing while no config is loaded).
+        self.prober = Prober(lambda: self.control, self.pool, send=send)
+        self._probing: asyncio.Future[None] | None = None
 
     # --- options and lifecycle --------------------------------------------------------------
 
@@ -95,13 +100,17 @@ class Detour:
         if ctx.options.detour_watch_ms > 0 and self._watcher is None:
             interval = lambda: ctx.options.detour_watch_ms / 1000  # noqa: E731 - read anew on each pass
             self._watcher = asyncio.ensure_future(self.config_file.watch(interval))
+        if self._probing is None:
+            self._probing = asyncio.ensure_future(self.prober.run())
 
     async def done(self) -> None:
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        for task in (self._watcher, self._probing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watcher = self._probing = None
+        await self.prober.close()
         await self.relay.close()
         self.pool.close()
         if self.control is not None:

@@ -13,12 +13,16 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from addon.breaker import (
     BreakerSnapshot,
+    BreakerState,
     CircuitBreaker,
     Permit,
     State,
     Transition,
     admitted,
+    probed,
     recorded,
+    recovery_due,
+    recovery_taken,
     refreshed,
     released,
 )
@@ -940,3 +944,157 @@ def test_random_ops_black_box(policy: BreakerPolicy, ops: list[tuple[Any, ...]])
         assert permit is not None
         cb.record(permit, Outcome.SUCCESS)
     assert cb.state() is State.CLOSED
+
+
+# --- active recovery probe --------------------------------------------------------------------------
+# While a circuit is open, Detour probes the provider itself every `recovery_probe` seconds; an answer
+# moves the circuit to half-open at once, so real requests test it well before `open_for` is over.
+
+#: The example config's breaker: probe every 5 s.
+RP = replace(P, recovery_probe=5.0)
+
+
+def test_defaults_cap_the_backoff_at_two_minutes_and_probe_every_five_seconds() -> None:
+    assert BreakerPolicy().max_open_for == 120.0
+    assert BreakerPolicy().recovery_probe == 5.0
+
+
+def test_recovery_probe_is_due_every_interval_while_open() -> None:
+    s, _ = opened_state(RP)
+    now = START
+    assert not recovery_due(s, RP, now + 4.9)
+    assert recovery_due(s, RP, now + 5.0)
+    s, generation = recovery_taken(s, RP, now + 5.0)
+    assert generation == s.generation
+    assert not recovery_due(s, RP, now + 9.9)  # taken: the next one is an interval later
+    assert recovery_due(s, RP, now + 10.0)
+
+
+def test_recovery_probe_not_taken_when_not_due() -> None:
+    s, _ = opened_state(RP)
+    assert recovery_taken(s, RP, START + 1.0) == (s, None)
+
+
+@pytest.mark.parametrize("setup", ["closed", "half_open"])
+def test_recovery_probe_is_never_due_unless_open(setup: str) -> None:
+    s = opened_state(RP)[0] if setup == "half_open" else BreakerState()
+    now = START + 30.0 if setup == "half_open" else START
+    assert refreshed(s, now).state is (HALF if setup == "half_open" else CLOSED)
+    for later in (0.0, 5.0, 60.0):
+        assert not recovery_due(s, RP, now + later)
+        assert recovery_taken(s, RP, now + later)[1] is None
+
+
+def test_recovery_probe_off() -> None:
+    off = replace(P, recovery_probe=0.0)
+    s, _ = opened_state(off)
+    assert not any(recovery_due(s, off, START + t) for t in (0.0, 5.0, 29.0))
+
+
+def test_answered_probe_half_opens_an_open_circuit() -> None:
+    s, _ = opened_state(RP)
+    s, generation = recovery_taken(s, RP, START + 5.0)
+    assert generation is not None
+    s, transition = probed(s, generation, START + 5.2, "recovery probe answered http 401")
+    assert s.state is HALF
+    assert transition == Transition(OPEN, HALF, "recovery probe answered http 401")
+    # It only half-opens: success_threshold real successes close the circuit.
+    s, permit = admitted(s, RP, START + 5.3)
+    assert permit is not None and permit.probe
+    s, _ = recorded(s, RP, permit, Outcome.SUCCESS, START + 5.4)
+    assert s.state is HALF
+    s, permit = admitted(s, RP, START + 5.5)
+    assert permit is not None
+    s, transition = recorded(s, RP, permit, Outcome.SUCCESS, START + 5.6)
+    assert s.state is CLOSED and transition is not None and transition.after is CLOSED
+
+
+def test_answered_probe_of_an_older_generation_changes_nothing() -> None:
+    s, _ = opened_state(RP)
+    s, old = recovery_taken(s, RP, START + 5.0)
+    assert old is not None
+    # Meanwhile the period ends, a real probe fails and the circuit opens again (a new generation).
+    s = refreshed(s, START + 30.0)
+    s, permit = admitted(s, RP, START + 30.0)
+    assert permit is not None
+    s, _ = recorded(s, RP, permit, Outcome.PROVIDER_FAILURE, START + 30.0)
+    assert s.state is OPEN and s.generation != old
+    assert probed(s, old, START + 31.0, "late answer") == (s, None)
+
+
+def test_answered_probe_leaves_closed_and_half_open_alone() -> None:
+    closed = BreakerState()
+    assert probed(closed, closed.generation, START, "x") == (closed, None)
+    s, _ = opened_state(RP)
+    half = refreshed(s, START + 30.0)
+    assert probed(half, half.generation, START + 30.0, "x") == (half, None)
+
+
+def test_a_failed_probe_never_lengthens_the_open_period() -> None:
+    """A failed recovery probe is simply not reported: taking it only schedules the next one."""
+    s, _ = opened_state(RP)
+    for t in (5.0, 10.0, 15.0, 20.0, 25.0):
+        s, generation = recovery_taken(s, RP, START + t)
+        assert generation is not None
+    assert (s.open_until, s.open_for) == (START + 30.0, 30.0)
+    assert refreshed(s, START + 30.0).state is HALF
+
+
+def test_recovery_probe_waits_for_retry_after() -> None:
+    """A provider that asked for a pause (Retry-After) is not probed before the pause ends."""
+    s = BreakerState()
+    for i in range(3):
+        s, permit = admitted(s, RP, START)
+        assert permit is not None
+        s, _ = recorded(s, RP, permit, Outcome.PROVIDER_FAILURE, START, 20.0 if i == 2 else None)
+    assert s.state is OPEN
+    assert not recovery_due(s, RP, START + 19.9)
+    assert recovery_due(s, RP, START + 20.0)
+
+
+def test_restored_open_circuit_is_probed_an_interval_after_the_restart() -> None:
+    d = Driver(RP).run(FAIL3)
+    clock = FakeClock(d.clock() + 2)
+    restored = CircuitBreaker(RP, clock, d.cb.snapshot())
+    assert restored.take_recovery_probe() is None
+    clock.advance(5.0)
+    generation = restored.take_recovery_probe()
+    assert generation is not None
+    assert restored.probed(generation, "recovery probe answered http 200") is not None
+    assert restored.state() is HALF
+
+
+def test_outage_of_60s_recovers_within_one_probe_interval() -> None:
+    """The measured problem (issue 16): a primary down for 60 s, then healthy. Real requests every
+    0.5 s, a recovery probe whenever one is due; the circuit must close within one interval (plus
+    the two real successes) of the provider's recovery, whatever the backoff did meanwhile."""
+    clock = FakeClock()
+    cb = CircuitBreaker(RP, clock)
+    healthy_at = START + 60.0
+    closed_at = None
+    for _ in range(400):
+        up = clock() >= healthy_at
+        generation = cb.take_recovery_probe()
+        if generation is not None and up:
+            cb.probed(generation, "recovery probe answered http 200")
+        permit = cb.acquire()
+        if permit is not None:
+            cb.record(permit, Outcome.SUCCESS if up else Outcome.PROVIDER_FAILURE)
+        if up and cb.state() is CLOSED:
+            closed_at = clock()
+            break
+        clock.advance(0.5)
+    assert closed_at is not None
+    assert closed_at - healthy_at <= RP.recovery_probe + 0.5 + 1e-9
+
+
+def opened_state(policy: BreakerPolicy) -> tuple[BreakerState, Transition | None]:
+    """A circuit opened at START by `failure_threshold` failures."""
+    s = BreakerState()
+    transition = None
+    for _ in range(policy.failure_threshold):
+        s, permit = admitted(s, policy, START)
+        assert permit is not None
+        s, transition = recorded(s, policy, permit, Outcome.PROVIDER_FAILURE, START)
+    assert s.state is OPEN
+    return s, transition

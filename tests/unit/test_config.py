@@ -76,6 +76,8 @@ def test_bundled_config_loads_without_any_environment() -> None:
     assert [p.id for p in cfg.app("claude").providers] == ["anthropic"]  # type: ignore[union-attr]
     assert cfg.app_for_host("generativelanguage.googleapis.com").api == "gemini"  # type: ignore[union-attr]
     assert cfg.state == REPO / "detour.db"
+    # The example's breaker: the recovery probe every 5 s, the backoff capped at 2 minutes.
+    assert cfg.breaker == BreakerPolicy(open_for=30.0, max_open_for=120.0, recovery_probe=5.0)
     joined = "\n".join(cfg.warnings)
     assert "ZHIPU_API_KEY" in joined and "OPENROUTER_API_KEY" in joined
     assert all(w.startswith(f"{REPO / 'config.yaml'}: apps.") for w in cfg.warnings)
@@ -91,7 +93,7 @@ def test_bundled_config_enables_backups_when_keys_are_set() -> None:
     zhipu = claude_app.providers[1]
     assert zhipu.api_key == "zk" and zhipu.auth == "bearer"
     assert zhipu.map_model("claude-sonnet-4-5") == "glm-4.6"
-    assert zhipu.breaker.open_for == 60.0 and zhipu.breaker.max_open_for == 600.0
+    assert zhipu.breaker.open_for == 60.0 and zhipu.breaker.max_open_for == 120.0
     openrouter = claude_app.providers[2]
     assert openrouter.base_url + "/v1/messages" == "https://openrouter.ai/api/v1/messages"
     assert openrouter.map_model("claude-opus-4-1") == "anthropic/claude-opus-4.1"
@@ -242,6 +244,39 @@ def test_breaker_and_timeouts_overrides_merge_field_by_field() -> None:
     assert second.breaker == BreakerPolicy(failure_threshold=5, open_for=60, error_rate=1, max_open_for=3600)
 
 
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("5s", 5.0), ("500ms", 0.5), (2, 2.0), (1.5, 1.5), ("1m", 60.0),
+     (0, 0.0), ("0s", 0.0), (False, 0.0), ("off", 0.0), ("Off", 0.0)],
+)  # fmt: skip
+def test_recovery_probe_interval_or_off(value: object, seconds: float) -> None:
+    assert parse(doc(breaker={"recovery_probe": value})).breaker.recovery_probe == seconds
+
+
+def test_recovery_probe_is_overridden_per_provider() -> None:
+    document = doc(breaker={"recovery_probe": "10s"})
+    document["apps"]["claude"]["providers"][1]["breaker"] = {"recovery_probe": "off"}
+    first, second = parse(document).apps[0].providers
+    assert (first.breaker.recovery_probe, second.breaker.recovery_probe) == (10.0, 0.0)
+
+
+RECOVERY_HINT = "must be a duration such as 500ms, 30s, 10m or 1h (at most 24h), or 0 / off to disable it"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("soon", "'soon'"), (True, "true"), (-1, "-1"), ("-5s", "'-5s'"), ("25h", "'25h'"), ([5], "list"),
+     ("on", "'on'")],
+)  # fmt: skip
+def test_bad_recovery_probe_names_the_key_path(value: object, shown: str) -> None:
+    assert error(doc(breaker={"recovery_probe": value})) == (
+        f"config.yaml: breaker.recovery_probe: {RECOVERY_HINT}, got {shown}"
+    )
+    assert error(backup(breaker={"recovery_probe": value})) == (
+        f"config.yaml: {P1}.breaker.recovery_probe: {RECOVERY_HINT}, got {shown}"
+    )
+
+
 def test_top_level_scalars() -> None:
     cfg = parse(doc(switch_min_interval="0s", attempt_log_limit=100))
     assert (cfg.switch_min_interval, cfg.attempt_log_limit) == (0.0, 100)
@@ -380,7 +415,7 @@ ERRORS = [
     (doc(breaker={"open_for": "soon"}), f"breaker.open_for: {DURATION}, got 'soon'"),
     (doc(breaker={"max_open_for": "10s"}), "breaker.max_open_for: must be >= open_for (30s), got 10s"),
     (backup(breaker={"open_for": "20m"}),
-     f"{P1}.breaker.max_open_for: must be >= open_for (1200s), got 600s"),
+     f"{P1}.breaker.max_open_for: must be >= open_for (1200s), got 120s"),
     (doc(timeouts={"idle": "2h"}), "timeouts.idle: must be > 0 and <= 1h, got '2h'"),
     (doc(timeouts={"connect": 0}), "timeouts.connect: must be > 0 and <= 1h, got 0"),
     (claude(timeouts={"connect": "-1s"}), f"apps.claude.timeouts.connect: {DURATION}, got '-1s'"),

@@ -371,3 +371,70 @@ def test_release_frees_a_probe_slot(core: Core, clock: FakeClock) -> None:
     assert core.acquire("claude", "primary") is None
     core.release("claude", "primary", probe)
     assert core.acquire("claude", "primary") is not None
+
+
+# --- active recovery probe ----------------------------------------------------------------------
+
+
+def test_recovery_probes_are_due_for_open_circuits_only(core: Core, clock: FakeClock) -> None:
+    assert core.recovery_probes() == []
+    trip(core, "primary")
+    assert core.recovery_probes() == []  # opened just now
+    clock.advance(POLICY.recovery_probe)
+    tickets = core.recovery_probes()
+    assert [(t.app.name, t.provider.id) for t in tickets] == [("claude", "primary")]
+    assert tickets[0].key == ("claude", "primary")
+    assert core.recovery_probes() == []  # taken: the next one is an interval later
+    clock.advance(POLICY.recovery_probe)
+    assert core.recovery_probes(busy={("claude", "primary")}) == []  # one in flight per provider
+    assert len(core.recovery_probes()) == 1
+
+
+def test_an_answered_recovery_probe_half_opens_persists_and_logs(
+    core: Core, clock: FakeClock, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="detour")
+    trip(core, "primary")
+    clock.advance(POLICY.recovery_probe)
+    (ticket,) = core.recovery_probes()
+    transition = core.probed(ticket, True, "recovery probe answered http 401")
+    assert transition is not None and transition.after is State.HALF_OPEN
+    assert core.router.breaker("claude", "primary").state() is State.HALF_OPEN
+    assert core.store.flush()
+    assert saved_breakers(db)[("claude", "primary")][0] == "half_open"
+    assert "detour: claude/primary circuit open -> half_open (recovery probe answered http 401)" in [
+        r.getMessage() for r in caplog.records if r.levelno == logging.INFO
+    ]
+    assert core.switches.current("claude") == "backup"  # half-open is no switch yet
+    clock.advance(POLICY.recovery_probe)
+    assert core.recovery_probes() == []  # no longer open: never probed again
+    clock.advance(10.0)  # switch_min_interval
+    for _ in range(POLICY.success_threshold):
+        attempt(core, "primary", OK)
+    assert core.switches.current("claude") == "primary"
+
+
+def test_a_failed_recovery_probe_changes_nothing_and_never_logs_a_key(
+    core: Core, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="detour")
+    trip(core, "backup")
+    clock.advance(POLICY.recovery_probe)
+    breaker = core.router.breaker("claude", "backup")
+    before = breaker.raw
+    (ticket,) = core.recovery_probes()
+    assert core.probed(ticket, False, f"http 503 for key {SECRET}") is None
+    assert breaker.state() is State.OPEN
+    assert (breaker.raw.open_until, breaker.raw.open_for) == (before.open_until, before.open_for)
+    assert SECRET not in caplog.text
+
+
+def test_a_late_recovery_probe_answer_for_a_reopened_circuit_is_ignored(core: Core, clock: FakeClock) -> None:
+    trip(core, "primary")
+    clock.advance(POLICY.recovery_probe)
+    (ticket,) = core.recovery_probes()
+    clock.advance(POLICY.open_for)  # half-open now: a real probe fails, the circuit opens again
+    attempt(core, "primary", FAIL)
+    assert core.router.breaker("claude", "primary").state() is State.OPEN
+    assert core.probed(ticket, True, "recovery probe answered http 200") is None
+    assert core.router.breaker("claude", "primary").state() is State.OPEN
