@@ -56,10 +56,11 @@ def config_doc(
     breaker: dict[str, Any] | None = None,
     extra_apps: dict[str, Any] | None = None,
     timeouts: dict[str, Any] | None = None,
+    app_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    apps: dict[str, Any] = {"claude": configs.app("api.anthropic.com", claude)}
+    apps: dict[str, Any] = {"claude": configs.app("api.anthropic.com", claude, **(app_options or {}))}
     if codex is not None:
-        apps["codex"] = configs.app("api.openai.com", codex)
+        apps["codex"] = configs.app("api.openai.com", codex, **(app_options or {}))
     apps.update(extra_apps or {})
     return configs.config(apps, breaker=breaker, timeouts=timeouts)
 
@@ -148,6 +149,7 @@ def rig(
         extra_args: tuple[str, ...] = (),
         regular: bool = False,
         timeouts: dict[str, Any] | None = None,
+        app_options: dict[str, Any] | None = None,
     ) -> Rig:
         primary, backup = mock_factory("primary"), mock_factory("backup")
         p_extra: dict[str, Any] = {"api_key": f"${{{PRIMARY_VAR}}}"} if primary_key else {}
@@ -164,7 +166,7 @@ def rig(
                      models={"gpt-*": "backup-gpt"}),
         ]  # fmt: skip
         config = tmp_path / "config.yaml"
-        write_config(config, config_doc(claude, codex, breaker, timeouts=timeouts))
+        write_config(config, config_doc(claude, codex, breaker, timeouts=timeouts, app_options=app_options))
         claude_port, codex_port = free_port(), free_port()
         mitm = mitmdump_factory(
             config,
@@ -353,8 +355,11 @@ def broken_stream(r: Rig) -> tuple[list[Any], float]:
     return events, time.monotonic() - started
 
 
+NO_CONTINUATION = {"continue_streams": False}
+
+
 def test_mid_stream_cut_never_ends_cleanly(rig: Factory) -> None:
-    r = rig()
+    r = rig(app_options=NO_CONTINUATION)
     r.primary.fault("sse_cut", events=3)
     events, elapsed = broken_stream(r)
     assert elapsed < 8.0
@@ -363,7 +368,7 @@ def test_mid_stream_cut_never_ends_cleanly(rig: Factory) -> None:
 
 
 def test_stalled_stream_is_cut_after_idle_timeout(rig: Factory) -> None:
-    r = rig()
+    r = rig(app_options=NO_CONTINUATION)
     r.primary.fault("sse_stall", events=3)
     events, elapsed = broken_stream(r)
     assert elapsed < 8.0, elapsed
@@ -371,9 +376,43 @@ def test_stalled_stream_is_cut_after_idle_timeout(rig: Factory) -> None:
     r.primary.healthy()
 
 
+@pytest.mark.parametrize("fault", ["sse_cut", "sse_stall"])
+def test_a_stream_broken_mid_text_is_continued_by_the_backup_exactly_once(rig: Factory, fault: str) -> None:
+    """The official SDK's accumulator gets one message: the primary's "hello", then the backup's
+    continuation of it, each once (the backup was asked with "hello" as the assistant prefill)."""
+    r = rig()
+    r.primary.fault(fault, events=3)  # message_start, content_block_start, "hello"
+    with r.claude().messages.stream(model="claude-sonnet-4", max_tokens=16, messages=MSG) as stream:
+        message = stream.get_final_message()
+    assert [block.type for block in message.content] == ["text"]
+    assert message.content[0].text == "hello from backup"
+    assert message.stop_reason == "end_turn"
+    assert r.backup.continued == ["hello"]
+    (sent,) = list(r.backup.requests_to("/v1/messages"))
+    assert sent.json["messages"][-1] == {"role": "assistant", "content": "hello"}
+    assert sent.headers.get("authorization") == f"Bearer {BACKUP_KEY}"  # the backup's own key
+    r.primary.healthy()
+
+
+def test_a_chat_stream_broken_mid_text_is_continued_under_its_completion_id(rig: Factory) -> None:
+    r = rig()
+    r.primary.fault("sse_cut", events=2)  # the role chunk and "hello"
+    with r.codex().chat.completions.stream(
+        model="gpt-5", messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        ids = {event.chunk.id for event in stream if event.type == "chunk"}
+        completion = stream.get_final_completion()
+    assert ids == {completion.id}  # one completion, however many providers wrote it
+    assert completion.choices[0].message.content == "hello from backup"
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].finish_reason == "stop"
+    assert r.backup.continued == ["hello"]
+
+
 def test_error_event_inside_200_stream_reaches_the_sdk_and_counts_as_failure(rig: Factory) -> None:
     r = rig(breaker={"failure_threshold": 1, "open_for": "10s", "max_open_for": "10s"})
-    r.primary.fault("sse_error", times=1, after=2, error_type="overloaded_error", message="Overloaded")
+    # After the first content (three events): before it, the stream would fail over instead.
+    r.primary.fault("sse_error", times=1, after=3, error_type="overloaded_error", message="Overloaded")
     with pytest.raises(anthropic.APIStatusError) as info:
         stream_events(r.claude())
     assert "overloaded" in str(info.value).lower()
@@ -564,6 +603,7 @@ def test_side_paths_go_to_the_origin_never_to_a_provider(
     local = {
         "hosts": ["localhost"],
         "error_shape": "anthropic",
+        "retry_same": {"attempts": 0},
         "providers": [provider("first", first), provider("second", second)],
     }
     doc = config_doc([provider("x", first)], extra_apps={"local": local})
