@@ -58,7 +58,8 @@ def mitmdump_factory(tmp_path: Path) -> Iterator[Callable[..., Mitmdump]]:
 
 #: Test modules that keep a table of what they measured, and where its JSON goes by default.
 REPORTS = {"test_fault_matrix": ("DETOUR_MATRIX_JSON", "fault_matrix.json"),
-           "test_clients": ("DETOUR_CLIENTS_JSON", "clients.json")}  # fmt: skip
+           "test_clients": ("DETOUR_CLIENTS_JSON", "clients.json"),
+           "test_resilience": ("DETOUR_RESILIENCE_JSON", "resilience.json")}  # fmt: skip
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

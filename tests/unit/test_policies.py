@@ -494,3 +494,52 @@ def test_a_chat_stream_is_continued_under_the_same_completion_id() -> None:
     stream = forwarded(s)
     assert b"c-backup" not in stream and stream.count(b'"role"') == 1
     assert isinstance(s.actions[-1], Finish)
+
+
+def continued_stream(client_part: bytes, continuation: bytes) -> bytes:
+    """What the client gets when `client_part` breaks and the backup answers `continuation`."""
+    s = script(Delivery.STREAM, policies={"continue_streams": True}, body=REQUEST)
+    s.answer(200, client_part, SSE)  # ends without message_stop: broken
+    assert len(s.of(Send)) == 2
+    s.answer(200, continuation, SSE)
+    assert isinstance(s.actions[-1], Finish)
+    return forwarded(s)
+
+
+def indices(stream: bytes) -> list[tuple[str, int]]:
+    out = []
+    for block in stream.decode().split("\n\n"):
+        if block.strip():
+            lines = dict(line.split(": ", 1) for line in block.splitlines())
+            data = json.loads(lines["data"])
+            if "index" in data:
+                out.append((lines["event"], data["index"]))
+    return out
+
+
+def test_a_continuation_after_a_closed_text_block_is_numbered_after_it() -> None:
+    client_part = sse(MSG_START, TEXT_START, delta("Done."), ("content_block_stop", {"type": "content_block_stop", "index": 0}))  # noqa: E501
+    stream = continued_stream(client_part, sse(MSG_START, TEXT_START, delta(" More."), *END))
+    assert indices(stream) == [
+        ("content_block_start", 0), ("content_block_delta", 0), ("content_block_stop", 0),
+        ("content_block_start", 1), ("content_block_delta", 1), ("content_block_stop", 1),
+    ]  # fmt: skip
+
+
+def test_a_continuation_that_starts_with_a_tool_call_closes_the_clients_text_block_first() -> None:
+    tool = ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "Read", "input": {}}})  # noqa: E501
+    stream = continued_stream(sse(MSG_START, TEXT_START, delta("Let me look")), sse(MSG_START, tool, *END))
+    assert indices(stream) == [
+        ("content_block_start", 0), ("content_block_delta", 0), ("content_block_stop", 0),
+        ("content_block_start", 1), ("content_block_stop", 1),
+    ]  # fmt: skip
+
+
+def test_a_key_in_a_continuation_is_masked_after_splicing() -> None:
+    from test_exchange import SECRET
+
+    escaped = "".join(f"\\u{ord(c):04x}" for c in SECRET)  # JSON escapes hide it until re-encoded
+    raw = f'event: content_block_delta\ndata: {{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"{escaped}"}}}}\n\n'  # noqa: E501
+    stream = continued_stream(sse(MSG_START, TEXT_START, delta("key:")), sse(MSG_START, TEXT_START) + raw.encode() + sse(*END))  # noqa: E501
+    assert SECRET.encode() not in stream
+    assert "key:***" in text_of(stream)[0]
