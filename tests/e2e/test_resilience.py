@@ -246,8 +246,8 @@ def test_a_single_429_or_500_is_retried_on_the_same_provider(
 
 
 CONTEXT_EXCEEDED = {
-    "anthropic": {"type": "error", "error": {"type": "invalid_request_error",
-                                             "message": "prompt is too long: 215000 tokens > 200000 maximum"}},
+    "anthropic": {"type": "error", "error": {
+        "type": "invalid_request_error", "message": "prompt is too long: 215000 tokens > 200000 maximum"}},
     "chat": {"error": {"message": "This model's maximum context length is 128000 tokens. However, your "
                        "messages resulted in 215000 tokens.", "type": "invalid_request_error",
                        "param": "messages", "code": "context_length_exceeded"}},
