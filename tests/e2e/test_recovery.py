@@ -34,14 +34,24 @@ SWITCH_MIN_INTERVAL = parse_duration(EXAMPLE["switch_min_interval"])
 OUTAGE = 8.0
 #: Time between two client requests.
 PACE = 0.5
-BODY = {"model": "claude-sonnet-4", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
-HEADERS = {"x-api-key": configs.CLIENT_KEY, "anthropic-version": "2023-06-01"}
+MESSAGES = [{"role": "user", "content": "hi"}]
+#: Per dialect: the example's app whose settings it runs with, its host, and one streamed request.
+DIALECTS: dict[str, tuple[str, str, str, dict[str, Any], dict[str, str]]] = {
+    "anthropic": ("claude", "api.anthropic.com", "/v1/messages",
+                  {"model": "claude-sonnet-4", "max_tokens": 16, "stream": True, "messages": MESSAGES},
+                  {"x-api-key": configs.CLIENT_KEY, "anthropic-version": "2023-06-01"}),
+    "chat": ("codex", "api.openai.com", "/v1/chat/completions",
+             {"model": "gpt-5", "stream": True, "messages": MESSAGES},
+             {"authorization": f"Bearer {configs.CLIENT_KEY}"}),
+}  # fmt: skip
 
 
-def served_by(port: int) -> str | None:
-    status, headers, _ = post_json(port, "/v1/messages", BODY, HEADERS, timeout=15.0)
+def served_by(port: int, dialect: str) -> str | None:
+    _, _, path, body, headers = DIALECTS[dialect]
+    status, head, answer = post_json(port, path, body, headers, timeout=15.0)
     assert status == 200, status
-    return headers.get("x-detour-provider")
+    assert answer.rstrip().endswith((b"[DONE]", b'{"type": "message_stop"}')), answer[-200:]
+    return head.get("x-detour-provider")
 
 
 def until(predicate: Callable[[], bool], timeout: float, pace: float = PACE) -> float | None:
@@ -57,37 +67,45 @@ def until(predicate: Callable[[], bool], timeout: float, pace: float = PACE) -> 
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("dialect", sorted(DIALECTS))
 def test_a_recovered_primary_is_back_within_one_probe_interval(
     tmp_path: Path,
     mock_factory: Callable[[str], MockProvider],
     mitmdump_factory: Callable[..., Mitmdump],
+    dialect: str,
 ) -> None:
+    app_name, host = DIALECTS[dialect][:2]
     primary, backup = mock_factory("primary"), mock_factory("backup")
+    settings = {k: v for k, v in EXAMPLE["apps"][app_name].items() if k not in ("hosts", "providers")}
     apps = {
-        "claude": configs.app("api.anthropic.com", [
+        "claude": configs.app(host, [
             configs.provider("primary", primary.base_url),  # the client's credentials pass through
             configs.provider("backup", backup.base_url, configs.BACKUP_KEY_ENV),
-        ]),
+        ], **settings),
     }  # fmt: skip
     document = configs.config(apps, switch_min_interval=EXAMPLE["switch_min_interval"])
     document["breaker"] = dict(BREAKER)  # exactly the example's, no test shortcuts
+    document["timeouts"] = dict(EXAMPLE["timeouts"])
     config = configs.write(tmp_path / "config.yaml", document)
     port = free_port()
-    md = mitmdump_factory(config, reverse={port: "https://api.anthropic.com"}, env=configs.KEY_ENV)
+    md = mitmdump_factory(config, reverse={port: f"https://{host}"}, env=configs.KEY_ENV)
 
-    assert served_by(port) == "primary"
+    def served_by_here() -> str | None:
+        return served_by(port, dialect)
+
+    assert served_by_here() == "primary"
     primary.fault("status", status=503)  # every path, the probe's model list included
     for _ in range(int(BREAKER["failure_threshold"])):
-        assert served_by(port) == "backup"  # failed over; the third failure opens the circuit
+        assert served_by_here() == "backup"  # failed over; the third failure opens the circuit
     assert md.wait_for_log("failover switch claude: primary -> backup", 5.0), md.log_tail()
     down_since = time.monotonic()
 
     # The outage goes on: every request is served by the backup, the recovery probes fail.
-    assert until(lambda: served_by(port) != "backup", OUTAGE) is None
+    assert until(lambda: served_by_here() != "backup", OUTAGE) is None
     primary.healthy()
     healthy_at = time.monotonic()
 
-    back = until(lambda: served_by(port) == "primary", RECOVERY_PROBE + 3.0)
+    back = until(lambda: served_by_here() == "primary", RECOVERY_PROBE + 3.0)
     print(f"\nprimary down {healthy_at - down_since:.1f}s after its circuit opened; "
           f"serving again {back if back is None else round(back, 2)}s after it recovered "
           f"(recovery_probe {RECOVERY_PROBE:g}s, open_for {BREAKER['open_for']})")  # fmt: skip
@@ -97,7 +115,7 @@ def test_a_recovered_primary_is_back_within_one_probe_interval(
     # success_threshold real successes close the circuit; that is the switch back. It waits for
     # switch_min_interval after the switch away, which the outage has already outlasted here.
     switched = until(
-        lambda: served_by(port) == "primary" and "failover switch claude: backup -> primary" in md.log_text(),
+        lambda: served_by_here() == "primary" and "failover switch claude: backup -> primary" in md.log_text(),
         max(3.0, SWITCH_MIN_INTERVAL - (time.monotonic() - down_since) + 3.0),
     )
     log = md.log_text()
@@ -105,5 +123,5 @@ def test_a_recovered_primary_is_back_within_one_probe_interval(
     assert "claude/primary circuit open -> half_open (recovery probe answered http 200)" in log
     assert log.count("failover switch claude: primary -> backup") == 1, log
     assert log.count("failover switch claude: backup -> primary") == 1, log
-    assert served_by(port) == "primary"
+    assert served_by_here() == "primary"
     assert configs.secret_leaks(log.encode()) == []
