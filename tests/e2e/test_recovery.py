@@ -115,7 +115,8 @@ def test_a_recovered_primary_is_back_within_one_probe_interval(
     # success_threshold real successes close the circuit; that is the switch back. It waits for
     # switch_min_interval after the switch away, which the outage has already outlasted here.
     switched = until(
-        lambda: served_by_here() == "primary" and "failover switch claude: backup -> primary" in md.log_text(),
+        lambda: served_by_here() == "primary"
+        and "failover switch claude: backup -> primary" in md.log_text(),
         max(3.0, SWITCH_MIN_INTERVAL - (time.monotonic() - down_since) + 3.0),
     )
     log = md.log_text()
