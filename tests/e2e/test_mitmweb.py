@@ -86,3 +86,47 @@ def test_flow_list_shows_provider_failed_attempts_and_marker(
     assert CLIENT_KEY not in json.dumps(flows)
     assert BACKUP_KEY not in json.dumps(flows)
     assert backup.received[-1].headers["x-api-key"] == BACKUP_KEY
+
+
+def test_a_continued_stream_is_marked_and_both_attempts_are_shown(
+    tmp_path: Path, mock_factory, mitmdump_factory
+) -> None:
+    primary, backup = mock_factory("primary"), mock_factory("backup")
+    queue = [
+        configs.provider("primary", primary.base_url),
+        configs.provider("backup", backup.base_url, "DETOUR_WEB_KEY"),
+    ]
+    path = configs.write(
+        tmp_path / "config.yaml", configs.config({"claude": configs.app("api.anthropic.com", queue)})
+    )
+    port, web_port = free_port(), free_port()
+    web = mitmdump_factory(
+        path,
+        reverse={port: "https://api.anthropic.com"},
+        env={"DETOUR_WEB_KEY": BACKUP_KEY},
+        program="mitmweb",
+        extra_args=["--no-web-open-browser", "--set", f"web_port={web_port}",
+                    "--set", f"web_password={WEB_PASSWORD}"],
+    )  # fmt: skip
+    assert wait_for_port(web_port, timeout=20), web.log_tail()
+    primary.fault("sse_cut", events=3)  # message_start, the text block, "hello": then reset
+    document = {
+        "model": "claude-x",
+        "max_tokens": 5,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    status, _, body = post_json(port, "/v1/messages", document, {"x-api-key": CLIENT_KEY})
+    assert status == 200 and body.count(b"event: message_start") == 1 and b"message_stop" in body
+
+    flows = web_flows(web_port)
+    (routed,) = [f for f in flows if not f.get("is_replay")]
+    assert routed["comment"].startswith("detour claude: continued by backup after primary (reset")
+    assert routed["marked"] in (":link:", "🔗")  # mitmweb 11 sends the emoji itself
+    attempts = [f for f in flows if f.get("is_replay")]
+    assert [f["comment"].split(":")[0] for f in attempts] == [
+        "attempt 1/2 on primary for claude",
+        "attempt 2/2 on backup for claude",
+    ]
+    assert attempts[0]["comment"].endswith("failed (reset: Connection reset by peer)")
+    assert BACKUP_KEY not in json.dumps(flows)
