@@ -57,6 +57,11 @@ class BreakerState:
     buckets: tuple[Bucket, ...] = ()
     #: When the next active recovery probe of an OPEN circuit is due.
     probe_at: float = 0.0
+    #: The circuit is half-open because a recovery probe was answered.
+    probe_opened: bool = False
+    #: A recovery probe's answer proved wrong in this outage (the model list answered, the real
+    #: request then failed): until the circuit closes, only the open period brings it back.
+    probes_distrusted: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,10 @@ def _recorded_probe(
 ) -> tuple[BreakerState, Transition | None]:
     if failed:
         period = min(max(s.open_for, policy.open_for) * 2, policy.max_open_for)
+        # A model list that answers while real requests fail would half-open the circuit every
+        # interval and make a user's request pay each time: stop trusting it for this outage.
+        distrusted = s.probes_distrusted or s.probe_opened
+        s = replace(s, probes_distrusted=distrusted)
         return _opened(s, policy, period, now, retry_after, "probe failed")
     successes = s.probe_successes + 1
     if successes >= policy.success_threshold:
@@ -213,16 +222,18 @@ def _opened(
     reason: str,
 ) -> tuple[BreakerState, Transition]:
     pause = min(retry_after, policy.max_open_for) if retry_after else 0.0
+    open_until = now + max(period, pause)
     opened = replace(
         s,
         state=State.OPEN,
-        open_until=now + max(period, pause),
+        open_until=open_until,
         open_for=period,
         generation=s.generation + 1,
         probes_in_flight=0,
         probe_successes=0,
         # A provider that asked for a pause (Retry-After) isn't asked again before it ends.
-        probe_at=now + max(policy.recovery_probe, pause),
+        probe_at=open_until if s.probes_distrusted else now + max(policy.recovery_probe, pause),
+        probe_opened=False,
     )
     return opened, Transition(s.state, State.OPEN, reason)
 
@@ -260,7 +271,7 @@ def probed(
     s = refreshed(s, now)
     if s.state is not State.OPEN or s.generation != generation:
         return s, None
-    half = replace(s, state=State.HALF_OPEN, probes_in_flight=0, probe_successes=0)
+    half = replace(s, state=State.HALF_OPEN, probes_in_flight=0, probe_successes=0, probe_opened=True)
     return half, Transition(State.OPEN, State.HALF_OPEN, reason)
 
 

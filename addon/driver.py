@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from addon.breaker import Permit
 from addon.classify import ErrorKind, Verdict
 from addon.control import Control
 from addon.exchange import (
@@ -189,6 +190,7 @@ class Driver:
             sink.on_gone = None
             run.disarm()
             run.stop_reader()
+            run.release_unsettled()
 
 
 class _Run:
@@ -220,6 +222,10 @@ class _Run:
         #: The run's one deadline timer, and the deadline it rings for.
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
+        #: Breaker permits taken and not yet given back by a `Record` or `Release`: if the run ends
+        #: any other way (a bug raising in the exchange), they are released, or a half-open
+        #: provider's probe slot would stay taken for good.
+        self.unsettled: list[tuple[str, Permit]] = []
 
     def client_left(self) -> None:
         if not self.gone:
@@ -280,10 +286,12 @@ class _Run:
             if action.same is not None:
                 permit = d.control.acquire(ex.app.name, action.same.id)
                 if permit is not None:
+                    self.unsettled.append((action.same.id, permit))
                     return Picked(action.same, permit, d.clock())
             picked = d.control.acquire_next(ex.app.name, ex.queue)
             if picked is None:
                 return Exhausted(d.control.retry_after(ex.app.name), d.clock())
+            self.unsettled.append((picked[0].id, picked[1]))
             return Picked(picked[0], picked[1], d.clock())
         if isinstance(action, Send):
             self.started[action.attempt.number] = d.clock()
@@ -313,13 +321,25 @@ class _Run:
             d.control.record(
                 ex.app.name, attempt.provider.id, attempt.permit, action.verdict, latency, attempt.status
             )
+            self.settle(attempt)
             self.report(attempt, action.verdict)
         elif isinstance(action, Release):
             d.control.release(ex.app.name, action.attempt.provider.id, action.attempt.permit)
+            self.settle(action.attempt)
             self.report(action.attempt, None)
         elif isinstance(action, Done | HoldBack):
             pass
         return None
+
+    def settle(self, attempt: Attempt) -> None:
+        entry = (attempt.provider.id, attempt.permit)
+        if entry in self.unsettled:
+            self.unsettled.remove(entry)
+
+    def release_unsettled(self) -> None:
+        unsettled, self.unsettled = self.unsettled, []
+        for provider, permit in unsettled:
+            self.d.control.release(self.ex.app.name, provider, permit)
 
     def report(self, attempt: Attempt, verdict: Verdict | None) -> None:
         outbound = self.outbound.get(attempt.number)

@@ -39,7 +39,7 @@ from addon import codecs
 from addon.breaker import Permit
 from addon.classify import ErrorKind, Outcome, Verdict, classify_error, classify_status
 from addon.formats import Dialect, StreamWatch
-from addon.formats.continuation import Splicer, Transcript
+from addon.formats.continuation import Restarted, Splicer, Transcript
 from addon.model import App, Provider, Timeouts
 from addon.secrets import redact, redact_bytes
 
@@ -54,6 +54,9 @@ MAX_REASON = 200
 _JSON_TYPE = (b"content-type", b"application/json")
 #: A streamed event still unfinished at this size is passed on in pieces rather than held further.
 MAX_PENDING_EVENT = 1024 * 1024
+#: Request bytes that add a second to `first_token`: a provider reads a long prompt before its first
+#: token (about 12k tokens a second, uncached), and a healthy but slow start must not be left.
+FIRST_TOKEN_BYTES_PER_SECOND = 50_000
 #: Content types whose bodies are event streams, watched for their dialect's end and error events.
 STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson", b"application/jsonl")
 #: Response headers that describe the provider's connection, not the answer.
@@ -493,9 +496,11 @@ class Exchange:
 
     def _on_exhausted(self, event: Exhausted) -> list[Action]:
         if self._replacing is not None:
-            # Nobody to give the slow attempt's request to: keep it, now without a first-token limit.
-            self._replacing = None
-            return []
+            # Nobody to give the slow attempt's request to: keep it, without a first-token limit, and
+            # let its head and pings through (a client and any proxy between want to see life).
+            (slow, _), self._replacing = self._replacing, None
+            self.attempt = slow
+            return self._release_head(slow)
         self.attempt = None
         if self._continuing is not None:
             return self._cut(self._broke, "nobody left to continue it")
@@ -555,7 +560,7 @@ class Exchange:
             first_token = self.app.timeouts.first_token
             if attempt.watch is not None and first_token > 0:
                 attempt.awaiting_token = True
-                attempt.token_due = event.now + first_token
+                attempt.token_due = event.now + first_token + len(self.body) / FIRST_TOKEN_BYTES_PER_SECOND
                 return []
             return [Stream(event.status, self._client_headers(event.headers, attempt.provider))]
         attempt.holding = True
@@ -594,7 +599,10 @@ class Exchange:
         if watch is not None:
             watch.feed(data)
         if attempt.streaming:
-            ready = self._complete_events(attempt, data)
+            try:
+                ready = self._complete_events(attempt, data)
+            except Restarted as e:
+                return self._restarted(attempt, e)
             if attempt.awaiting_token:
                 return self._await_token(attempt, watch, ready)
             return self._forward(ready)
@@ -649,11 +657,18 @@ class Exchange:
         if attempt.streaming:
             self.attempt = None
             verdict = self._masked(verdict)
-            rest = self._forward(self._spliced(attempt, attempt.pending)) if attempt.pending else []
             if verdict.outcome is Outcome.SUCCESS or (attempt.watch is not None and attempt.watch.error):
                 # An error event was forwarded as the provider sent it: the client's SDK reports it.
-                return [*rest, Record(attempt, verdict), self._done(attempt.provider, verdict), Finish()]
-            return [*rest, *self._broken(attempt, verdict)]
+                try:
+                    rest = self._spliced(attempt, attempt.pending) if attempt.pending else b""
+                except Restarted as e:
+                    return self._restarted(attempt, e)
+                if attempt.splicer is not None:
+                    rest = self._redacted(attempt.splicer.flush()) + rest
+                done = self._done(attempt.provider, verdict)
+                return [*self._forward(rest), Record(attempt, verdict), done, Finish()]
+            # Broken: an unfinished event at the end is dropped, never glued to what follows.
+            return self._broken(attempt, verdict)
         if verdict.outcome is Outcome.CLIENT_ERROR and self._continuing is None:
             answer = self.readable(Answer(attempt.status or 400, attempt.headers, bytes(attempt.body)))
             if self.dialect.larger_context_helps(answer.status, answer.body):
@@ -769,11 +784,24 @@ class Exchange:
         transcript = self.dialect.transcript(bytes(self._sent)) if self._sent is not None else None
         if transcript is None:
             return [Record(attempt, verdict), *self._cut(verdict, None)]
+        if self.secrets:  # the next provider gets the text: a key spelled in pieces or escapes too
+            transcript = dataclasses.replace(transcript, text=redact(transcript.text, self.secrets))
+        if self.dialect.continued_body(self.body, transcript, "") is None:  # e.g. the client's own prefill
+            return [Record(attempt, verdict), *self._cut(verdict, None)]
         if self._broke is None:
             self._broke = verdict
         self._continuing = transcript
         self.failed.append(FailedAttempt(attempt.provider.id, verdict.reason))
         return [Record(attempt, verdict), Pick()]
+
+    def _restarted(self, attempt: Attempt, e: Restarted) -> list[Action]:
+        """The continuing provider ignored the prefill and began the answer again: the client must
+        not get it twice. Not its failure (it answered a request it doesn't support); cut."""
+        attempt.phase = Phase.ENDED
+        self.attempt = None
+        why = f"{attempt.provider.id} did not continue it ({e})"
+        verdict = Verdict(Outcome.CLIENT_ERROR, "started the answer over, not continued", attempt.status)
+        return [Abort(attempt), Record(attempt, verdict), *self._cut(self._broke, why)]
 
     def _cut(self, verdict: Verdict | None, why: str | None) -> list[Action]:
         """End the client's stream so that it can't look complete, saying why it broke."""

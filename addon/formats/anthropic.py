@@ -102,7 +102,7 @@ class _AnthropicSplicer(Splicer):
     """The continuing provider's message becomes more of the client's: its `message_start` is
     dropped, its first text block joins the client's open one, later blocks are numbered on."""
 
-    def __init__(self, transcript: Transcript, trimmed: bool) -> None:
+    def __init__(self, transcript: Transcript, trimmed: str) -> None:
         super().__init__(transcript, trimmed)
         #: Added to the continuing provider's block indices; fixed by its first block.
         self._offset = transcript.index if transcript.open else transcript.index + 1
@@ -131,6 +131,16 @@ class _AnthropicSplicer(Splicer):
                 return out
         out.append(SSEEvent(event.event, dumps(document)))
         return out
+
+    def text_of(self, event: SSEEvent) -> str:
+        document = json_object(event.data)
+        delta = document.get("delta") if document is not None else None
+        if _name(event, document) == "content_block_delta" and isinstance(delta, dict):
+            return str(delta.get("text") or "")
+        return ""
+
+    def ends_text(self, event: SSEEvent) -> bool:
+        return _name(event, json_object(event.data)) in ("content_block_stop", *_ENDING)
 
 
 ANTHROPIC = Anthropic("anthropic", "anthropic", ("/v1/messages*", "/v1/complete"))

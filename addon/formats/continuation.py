@@ -36,22 +36,73 @@ class Transcript:
         return self.text.rstrip()
 
     @property
-    def trimmed(self) -> bool:
-        return len(self.prefill) != len(self.text)
+    def trimmed(self) -> str:
+        """The whitespace the prefill leaves out (the client has it already)."""
+        return self.text[len(self.prefill) :]
+
+
+#: How much of a continuation is compared with the start of the answer it continues: a provider that
+#: ignores the prefill starts the answer over, and the client must not get it twice.
+RESTART_PROBE = 24
+
+
+class Restarted(Exception):
+    """The continuing provider started the answer over instead of continuing it."""
 
 
 class Splicer:
     """Rewrites a continuing provider's events into the client's stream; fed whole events."""
 
-    def __init__(self, transcript: Transcript, trimmed: bool) -> None:
+    def __init__(self, transcript: Transcript, trimmed: str) -> None:
         self.transcript = transcript
         self._parser = SSEParser()
-        #: The client's text ended in whitespace the prefill left out: drop it from the start of
-        #: the continuation, or it would be there twice.
-        self._skip_space = trimmed
+        #: Whitespace the client has and the prefill left out: the continuation's own copy of it is
+        #: dropped (only as far as it matches), or it would be there twice.
+        self._skip = trimmed
+        #: The continuation's events are held until its first text shows it doesn't start over.
+        self._held: list[SSEEvent] = []
+        self._seen = ""
+        start = transcript.text.lstrip()
+        self._start = start[: min(RESTART_PROBE, len(start))]
+        self._checked = not self._start
 
     def feed(self, data: bytes) -> bytes:
-        return b"".join(encode(out) for event in self._parser.feed(data) for out in self.rewrite(event))
+        """The client's bytes for whole events of the continuing provider; raises `Restarted`."""
+        out: list[SSEEvent] = []
+        for event in self._parser.feed(data):
+            for rewritten in self.rewrite(event):
+                out += self._check(rewritten)
+        return b"".join(encode(e) for e in out)
+
+    def flush(self) -> bytes:
+        """The continuation ended: whatever was held for the restart check goes out."""
+        return b"".join(encode(e) for e in self._release())
+
+    def _check(self, event: SSEEvent) -> list[SSEEvent]:
+        """Hold events until the continuation's text either departs from the answer's start (it
+        continues: release them) or repeats it (`Restarted`)."""
+        if self._checked:
+            return [event]
+        self._held.append(event)
+        self._seen += self.text_of(event)
+        seen, start = self._seen.lstrip(), self._start
+        if not start.startswith(seen[: len(start)]):
+            return self._release()
+        if len(seen) >= len(start) or (self.ends_text(event) and len(seen) >= min(8, len(start))):
+            raise Restarted(f"it started the answer over ({seen[:40]!r})")
+        return self._release() if self.ends_text(event) else []
+
+    def _release(self) -> list[SSEEvent]:
+        held, self._held, self._checked = self._held, [], True
+        return held
+
+    def text_of(self, event: SSEEvent) -> str:  # pragma: no cover - abstract
+        """The continued text an already rewritten event carries ("" for none)."""
+        raise NotImplementedError
+
+    def ends_text(self, event: SSEEvent) -> bool:
+        """The event ends the continuation's text (a block or message stop): decide now."""
+        return False
 
     def rewrite(self, event: SSEEvent) -> list[SSEEvent]:  # pragma: no cover - abstract
         """The events the client gets for one of the continuing provider's."""
@@ -59,12 +110,17 @@ class Splicer:
 
     def text(self, piece: str) -> str:
         """A piece of continued text as the client must get it."""
-        if self._skip_space:
-            stripped = piece.lstrip()
-            if stripped:
-                self._skip_space = False
-            return stripped
-        return piece
+        skip = self._skip
+        if not skip or not piece:
+            return piece
+        same = 0
+        for have, want in zip(piece, skip, strict=False):
+            if have != want:
+                break
+            same += 1
+        # Past a mismatch, or past all of it, nothing more is skipped.
+        self._skip = skip[same:] if same == len(piece) else ""
+        return piece[same:]
 
 
 def encode(event: SSEEvent) -> bytes:
@@ -86,8 +142,9 @@ def documents(sent: bytes) -> list[tuple[SSEEvent, dict[str, object] | None]]:
 
 
 def dumps(document: object) -> str:
-    """JSON as providers write it in events: compact, non-ASCII kept."""
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    """JSON as providers write it in events: compact. ASCII only: a lone UTF-16 surrogate (an emoji
+    cut in half by a JavaScript client or encoder) has no UTF-8 form, but an escape it does."""
+    return json.dumps(document, separators=(",", ":"))
 
 
 def request_document(body: bytes) -> dict[str, object] | None:
@@ -110,4 +167,4 @@ def with_assistant_turn(body: bytes, turn: dict[str, object], drop: tuple[str, .
         return None
     continued = {k: v for k, v in document.items() if k not in drop}
     continued["messages"] = [*messages, turn]
-    return json.dumps(continued, ensure_ascii=False).encode()
+    return json.dumps(continued).encode()

@@ -110,7 +110,7 @@ class OpenAIChat(Dialect):
         return with_assistant_turn(body, turn)
 
     def splicer(self, transcript: Transcript) -> Splicer:
-        return _ChatSplicer(transcript, False)
+        return _ChatSplicer(transcript, "")
 
 
 class _ChatSplicer(Splicer):
@@ -129,6 +129,17 @@ class _ChatSplicer(Splicer):
             if isinstance(delta.get("content"), str):
                 delta["content"] = self.text(str(delta["content"]))
         return [SSEEvent(event.event, dumps(document))]
+
+    def text_of(self, event: SSEEvent) -> str:
+        document = json_object(event.data)
+        choices = _choices(document) if document is not None else []
+        return "".join(str(_delta(c).get("content") or "") for c in choices)
+
+    def ends_text(self, event: SSEEvent) -> bool:
+        if event.data == "[DONE]":
+            return True
+        document = json_object(event.data)
+        return document is not None and any(c.get("finish_reason") for c in _choices(document))
 
 
 OPENAI_CHAT = OpenAIChat(

@@ -12,7 +12,14 @@ import yaml
 
 from addon.config import ConfigError, load_config, parse_config, parse_duration
 from addon.formats import family_paths
-from addon.model import DEFAULT_CLIENT_ERRORS, DEFAULT_FAILOVER_4XX, BreakerPolicy, Config, Timeouts
+from addon.model import (
+    DEFAULT_CLIENT_ERRORS,
+    DEFAULT_FAILOVER_4XX,
+    BreakerPolicy,
+    Config,
+    RetrySame,
+    Timeouts,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "sk-test-SECRET-123"
@@ -99,7 +106,9 @@ def test_bundled_config_enables_backups_when_keys_are_set() -> None:
     assert openrouter.map_model("claude-opus-4-1") == "anthropic/claude-opus-4.1"
     codex = cfg.app("codex")
     assert codex is not None and codex.providers[1].api_key == "ok"
-    assert codex.timeouts == Timeouts(connect=10.0, first_byte=120.0, idle=120.0)
+    assert codex.timeouts == Timeouts(first_byte_unstreamed=600.0)  # the rest as the top level's
+    assert cfg.timeouts == Timeouts()  # the example carries the defaults
+    assert (codex.retry_same, codex.continue_streams) == (RetrySame(), True)
 
 
 # --- durations ---------------------------------------------------------------------------------------

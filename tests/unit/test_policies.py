@@ -151,8 +151,11 @@ def test_a_slow_first_token_is_kept_when_no_other_provider_would_take_the_reques
     s.connect()
     s.head(200, SSE)
     s.data(sse(MSG_START))
-    assert s.wait(FIRST_TOKEN) == [Pick()]  # asked for a successor; there was none
+    actions = s.wait(FIRST_TOKEN)
+    assert actions[0] == Pick()  # asked for a successor; there was none
     assert not s.of(Abort) and not s.of(Record)
+    # It is kept, and what it sent so far goes out: the client (and any proxy) sees it is alive.
+    assert isinstance(actions[1], Stream) and forwarded(s) == sse(MSG_START)
     assert s.exchange.deadline() == s.clock.now - FIRST_TOKEN + 120  # idle from the last data now
     s.data(sse(TEXT_START, delta("late"), *END))
     s.end()
@@ -388,7 +391,7 @@ def test_the_continuation_does_not_repeat_the_whitespace_the_prefill_left_out() 
     s.answer(200, sse(MSG_START, TEXT_START, delta("Hello ")), SSE)  # ends without message_stop
     (_, continuation) = s.of(Send)
     assert json.loads(continuation.attempt.body_override or b"")["messages"][-1]["content"] == "Hello"
-    s.answer(200, sse(MSG_START, TEXT_START, delta(" "), delta(" world"), *END), SSE)
+    s.answer(200, sse(MSG_START, TEXT_START, delta(" wor"), delta("ld"), *END), SSE)
     assert text_of(forwarded(s))[0] == "Hello world"
 
 
