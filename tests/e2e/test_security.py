@@ -316,7 +316,7 @@ def test_a_key_a_provider_echoes_never_reaches_flows_the_log_or_the_state(
         p.fault("status", times=2, status=529, body=echo, headers={"x-echo-key": KEY_P})
         status, _, _ = post_json(port, "/v1/messages", MSG, {"x-api-key": CLIENT_KEY})
         assert status == 200
-        b.fault("sse_error", times=1, after=1, message=f"{'x' * 100} invalid key {KEY_B}")
+        b.fault("sse_error", times=1, after=3, message=f"{'x' * 100} invalid key {KEY_B}")  # after content
         reply = fetch(port, "api.anthropic.com", *request_for("anthropic", True), absolute=False)
         assert b"event: error" in reply.body and not secret_leaks(reply.body)
         md.stop()
@@ -494,7 +494,7 @@ def test_an_error_event_echoing_a_key_is_masked_in_the_stream(
 ) -> None:
     with MockProvider("primary").start() as p, MockProvider("backup").start() as b:
         port, _ = serve_keyed_claude(tmp_path, mitmdump_factory, p, b)
-        p.fault("sse_error", times=1, after=1, message=f"invalid key {KEY_P}")
+        p.fault("sse_error", times=1, after=3, message=f"invalid key {KEY_P}")  # after content began
         reply = fetch(port, "api.anthropic.com", *request_for("anthropic", True), absolute=False)
         assert b"event: error" in reply.body
         assert not secret_leaks(reply.body + json.dumps(reply.headers).encode(), (KEY_P, KEY_B))
