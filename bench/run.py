@@ -613,9 +613,10 @@ class Bench:
                 if kind == "refused":
                     own = ms(pct(connect_refused_time(refused, 50), 50))
                 elif kind.startswith("hang"):
-                    # This tree counts first_byte from the established connection; the round-1
-                    # baseline counted connect + first_byte from the start.
-                    own = (HANG_FIRST_BYTE + (HANG_CONNECT if script != DETOUR_SCRIPT else 0.0)) * 1000.0
+                    # Since the redesign first_byte counts from the established connection; round 1
+                    # (no exchange.py) counted connect + first_byte from the start.
+                    round1 = script != DETOUR_SCRIPT and not (script.parent / "exchange.py").exists()
+                    own = (HANG_FIRST_BYTE + (HANG_CONNECT if round1 else 0.0)) * 1000.0
                 else:
                     own = ms(pct(load(port, 1, 100).latencies, 50))
                 before = mock_count(port) if port else 0
