@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from addon.formats.base import Dialect, EventKind, error_text, json_object
+from addon.formats.base import Dialect, EventKind, error_text
 from addon.formats.continuation import Splicer, Transcript, documents, dumps, with_assistant_turn
+from addon.formats.documents import json_object
 from addon.formats.sse import SSEEvent
 
 _EVENTS = {

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from addon.formats.continuation import Splicer, Transcript
+from addon.formats.documents import json_object
 from addon.formats.sse import SSEEvent, SSEParser
 
 #: How much of an in-stream error event is kept for the failure reason (masked, then shortened, by the
@@ -101,20 +102,13 @@ def json_true(body: bytes, key: bytes) -> bool:
 
 def error_text(body: bytes) -> str:
     """An error body's code, type, status and message joined, for matching (empty if not JSON)."""
-    document = json_object(body.decode("utf-8", "replace"))
+    document = json_object(body)
     error = document.get("error") if document is not None else None
     if not isinstance(error, dict):
         return ""
     return " ".join(str(error.get(k)) for k in ("code", "type", "status", "message") if error.get(k))
 
 
-def json_object(data: str) -> dict[str, object] | None:
-    """`data` parsed as a JSON object, or None (a malformed event is no reason to fail a stream)."""
-    try:
-        document = json.loads(data)
-    except ValueError:
-        return None
-    return document if isinstance(document, dict) else None
 
 
 class StreamWatch:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from addon.formats.documents import json_object
 from addon.formats.sse import SSEEvent, SSEParser
 
 
@@ -131,14 +132,7 @@ def encode(event: SSEEvent) -> bytes:
 
 def documents(sent: bytes) -> list[tuple[SSEEvent, dict[str, object] | None]]:
     """Every complete event of `sent` with its JSON object (None when not one)."""
-    out: list[tuple[SSEEvent, dict[str, object] | None]] = []
-    for event in SSEParser().feed(sent):
-        try:
-            document = json.loads(event.data)
-        except ValueError:
-            document = None
-        out.append((event, document if isinstance(document, dict) else None))
-    return out
+    return [(event, json_object(event.data)) for event in SSEParser().feed(sent)]
 
 
 def dumps(document: object) -> str:
@@ -147,18 +141,10 @@ def dumps(document: object) -> str:
     return json.dumps(document, separators=(",", ":"))
 
 
-def request_document(body: bytes) -> dict[str, object] | None:
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
-    return document if isinstance(document, dict) else None
-
-
 def with_assistant_turn(body: bytes, turn: dict[str, object], drop: tuple[str, ...] = ()) -> bytes | None:
     """The request with `turn` as its last message (and without the `drop` fields); None when it
     has no messages or already ends with an assistant turn (the client's own prefill)."""
-    document = request_document(body)
+    document = json_object(body)
     messages = document.get("messages") if document is not None else None
     if document is None or not isinstance(messages, list) or not messages:
         return None

@@ -10,8 +10,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from addon.formats.base import Dialect, EventKind, error_text, json_object
+from addon.formats.base import Dialect, EventKind, error_text
 from addon.formats.continuation import Splicer, Transcript, documents, dumps, with_assistant_turn
+from addon.formats.documents import json_object
 from addon.formats.sse import SSEEvent
 
 #: A `finish_reason` with a string value (not null): the chunk that ends a choice.

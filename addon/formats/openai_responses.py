@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from addon.formats.base import Dialect, EventKind, json_object
+from addon.formats.base import Dialect, EventKind
+from addon.formats.documents import json_object
 from addon.formats.openai_chat import openai_context_exceeded, openai_error
 from addon.formats.sse import SSEEvent
 

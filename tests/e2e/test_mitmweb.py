@@ -38,9 +38,9 @@ def web_flows(web_port: int) -> list[dict[str, Any]]:
         conn.close()
 
 
-def test_flow_list_shows_provider_failed_attempts_and_marker(
-    tmp_path: Path, mock_factory, mitmdump_factory
-) -> None:
+def start_web(tmp_path: Path, mock_factory: Any, mitmdump_factory: Any) -> tuple[Any, Any, int, int]:
+    """A mitmweb with Detour and a keyless primary before a keyed backup: (primary, backup, the
+    client's port, mitmweb's port)."""
     primary, backup = mock_factory("primary"), mock_factory("backup")
     queue = [
         configs.provider("primary", primary.base_url),
@@ -59,6 +59,13 @@ def test_flow_list_shows_provider_failed_attempts_and_marker(
                     "--set", f"web_password={WEB_PASSWORD}"],
     )  # fmt: skip
     assert wait_for_port(web_port, timeout=20), web.log_tail()
+    return primary, backup, port, web_port
+
+
+def test_flow_list_shows_provider_failed_attempts_and_marker(
+    tmp_path: Path, mock_factory, mitmdump_factory
+) -> None:
+    primary, backup, port, web_port = start_web(tmp_path, mock_factory, mitmdump_factory)
 
     assert post_message(port) == 200
     primary.fault("status", status=529)
@@ -91,24 +98,7 @@ def test_flow_list_shows_provider_failed_attempts_and_marker(
 def test_a_continued_stream_is_marked_and_both_attempts_are_shown(
     tmp_path: Path, mock_factory, mitmdump_factory
 ) -> None:
-    primary, backup = mock_factory("primary"), mock_factory("backup")
-    queue = [
-        configs.provider("primary", primary.base_url),
-        configs.provider("backup", backup.base_url, "DETOUR_WEB_KEY"),
-    ]
-    path = configs.write(
-        tmp_path / "config.yaml", configs.config({"claude": configs.app("api.anthropic.com", queue)})
-    )
-    port, web_port = free_port(), free_port()
-    web = mitmdump_factory(
-        path,
-        reverse={port: "https://api.anthropic.com"},
-        env={"DETOUR_WEB_KEY": BACKUP_KEY},
-        program="mitmweb",
-        extra_args=["--no-web-open-browser", "--set", f"web_port={web_port}",
-                    "--set", f"web_password={WEB_PASSWORD}"],
-    )  # fmt: skip
-    assert wait_for_port(web_port, timeout=20), web.log_tail()
+    primary, _, port, web_port = start_web(tmp_path, mock_factory, mitmdump_factory)
     primary.fault("sse_cut", events=3)  # message_start, the text block, "hello": then reset
     document = {
         "model": "claude-x",
