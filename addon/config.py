@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from addon.credentials import AUTH_STYLES
-from addon.formats import family_paths
+from addon.formats import DIALECTS, FAMILIES, family_paths
+from addon.formats.translation import TRANSLATIONS, supported
 from addon.model import (
     APIS,
     DEFAULT_CLIENT_ERRORS,
@@ -48,7 +49,7 @@ _APP_KEYS = (
     "hosts", "providers", "paths", "max_attempts", "timeouts", "api", "error_shape",
     "failover_statuses", "client_error_statuses", "retry_same", "continue_streams",
 )  # fmt: skip
-_PROVIDER_KEYS = ("id", "base_url", "api_key", "auth", "models", "breaker", "enabled")
+_PROVIDER_KEYS = ("id", "base_url", "api_key", "auth", "models", "breaker", "enabled", "api")
 _APP_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 _PROVIDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -445,6 +446,20 @@ class _Parser:
             failover=DEFAULT_FAILOVER_4XX | extra,
         )
 
+    def provider_api(self, at: _At, value: object, shape: Api) -> str | None:
+        """The provider's own dialect, when it is another family than the app's and Detour can
+        translate every dialect of the app's family that has a translation to it."""
+        if value is None:
+            return None
+        api = _choice(at, value, DIALECTS)
+        if DIALECTS[api].family == shape:
+            return None  # the app's own family: the request's path picks the dialect, as for any provider
+        clients = [d.name for d in FAMILIES[shape]]
+        if not any(supported(c, api) for c in clients):
+            ways = ", ".join(f"{c} -> {p}" for c, p in TRANSLATIONS)
+            raise at.error(f"Detour can't translate {shape} requests to {api} yet (it can: {ways})")
+        return api
+
     def providers(self, at: _At, value: object, shape: Api, breaker: BreakerPolicy) -> tuple[Provider, ...]:
         entries: list[_Entry] = []
         for i, raw in enumerate(_list(at, value)):
@@ -490,7 +505,8 @@ class _Parser:
             api_key, missing_key, unsafe_key = self.expand(key_at, raw_key)
             missing += [name for name in missing_key if name not in missing]
             unsafe += [name for name in unsafe_key if name not in unsafe]
-        auth = DEFAULT_AUTH[shape]
+        api = self.provider_api(at.key("api"), spec.get("api"), shape)
+        auth = DEFAULT_AUTH[DIALECTS[api].family if api else shape]  # type: ignore[index]
         if "auth" in spec:
             auth = _choice(at.key("auth"), spec["auth"], AUTH_STYLES)
         provider = Provider(
@@ -500,6 +516,7 @@ class _Parser:
             auth=auth,
             models=self.models(at.key("models"), spec.get("models", {})),
             breaker=self.breaker(at.key("breaker"), spec.get("breaker", {}), breaker),
+            api=api,
         )
         if not enabled:
             return _Entry(provider_id, at, None, "enabled is false")

@@ -54,6 +54,7 @@ from addon.exchange import (
     Upgrade,
     UpstreamError,
 )
+from addon.formats.translation import NotTranslatable
 from addon.http1 import End, Head
 from addon.model import Provider
 from addon.rewrite import ClientRequest, OutboundRequest, for_provider
@@ -370,8 +371,12 @@ class _Run:
         if action.attempt.body_override is not None:  # a continuation: the same request, prefilled
             request = dataclasses.replace(request, body=action.attempt.body_override)
         try:
+            translation = action.attempt.translation
+            if translation is not None:
+                path, headers, body = translation.request(request.path, request.headers, request.body)
+                request = dataclasses.replace(request, path=path, headers=headers, body=body)
             outbound = for_provider(request, action.attempt.provider, upgrade)
-        except NotAdaptable as e:
+        except (NotAdaptable, NotTranslatable) as e:
             logger.warning("detour: %s not sent to %s: %s", self.ex.app.name, action.attempt.provider.id, e)
             self.channel.push(Unsendable(str(e), self.d.clock()))
             return

@@ -38,8 +38,9 @@ from typing import Any, NamedTuple
 from addon import codecs
 from addon.breaker import Permit
 from addon.classify import ErrorKind, Outcome, Verdict, classify_error, classify_status
-from addon.formats import Dialect, StreamWatch
+from addon.formats import DIALECTS, Dialect, StreamWatch
 from addon.formats.continuation import Restarted, Splicer, Transcript
+from addon.formats.translation import NotTranslatable, Translation, translation_for
 from addon.model import App, Provider, Timeouts
 from addon.secrets import redact, redact_bytes
 
@@ -358,6 +359,8 @@ class Attempt:
     #: A continuation: the request asks for the rest of a broken answer, whose events are spliced.
     body_override: bytes | None = None
     splicer: Splicer | None = None
+    #: The provider speaks another dialect: its request, answer and events are translated.
+    translation: Translation | None = None
 
     @property
     def client_has_head(self) -> bool:
@@ -484,6 +487,11 @@ class Exchange:
         self.attempts += 1
         streamed = self.delivery is not Delivery.WHOLE
         attempt = Attempt(self.attempts, event.provider, event.permit, event.now, streamed)
+        try:
+            attempt.translation = translation_for(self.dialect, event.provider.api, DIALECTS)
+        except NotTranslatable as e:
+            self.failed.append(FailedAttempt(event.provider.id, f"not sendable: {e}"))
+            return [*actions, Release(attempt), Pick()]
         if self._continuing is not None:
             attempt.body_override = self.dialect.continued_body(
                 self.body, self._continuing, event.provider.base_url
@@ -538,7 +546,7 @@ class Exchange:
         if self.delivery is Delivery.UPGRADE:
             return self._on_upgrade_head(attempt, event.status)
         if _is_event_stream(event.headers):
-            attempt.watch = self.dialect.watch()
+            attempt.watch = self._provider_dialect(attempt).watch()
         if verdict.fails_over:
             attempt.holding = True
             return [HoldBack(attempt)]
@@ -657,10 +665,14 @@ class Exchange:
         if attempt.streaming:
             self.attempt = None
             verdict = self._masked(verdict)
-            if verdict.outcome is Outcome.SUCCESS or (attempt.watch is not None and attempt.watch.error):
+            watch, untranslated = attempt.watch, attempt.translation is None
+            forwarded_error = watch is not None and watch.error is not None and untranslated
+            if verdict.outcome is Outcome.SUCCESS or forwarded_error:
                 # An error event was forwarded as the provider sent it: the client's SDK reports it.
                 try:
                     rest = self._spliced(attempt, attempt.pending) if attempt.pending else b""
+                    if attempt.translation is not None and verdict.outcome is Outcome.SUCCESS:
+                        rest += self._spliced(attempt, attempt.translation.finish(), translated=True)
                 except Restarted as e:
                     return self._restarted(attempt, e)
                 if attempt.splicer is not None:
@@ -671,13 +683,14 @@ class Exchange:
             return self._broken(attempt, verdict)
         if verdict.outcome is Outcome.CLIENT_ERROR and self._continuing is None:
             answer = self.readable(Answer(attempt.status or 400, attempt.headers, bytes(attempt.body)))
-            if self.dialect.larger_context_helps(answer.status, answer.body):
-                self._last_failure = answer
+            if self._provider_dialect(attempt).larger_context_helps(answer.status, answer.body):
+                self._last_failure = self._for_client(attempt, answer)
                 why = f"http {answer.status}: too long for this provider's context window"
                 return [*self._failed(attempt, Verdict(Outcome.CONTEXT_EXCEEDED, why, answer.status)), Pick()]
         if verdict.fails_over:
             if attempt.status_verdict is not None and attempt.status_verdict.fails_over:
-                self._last_failure = Answer(attempt.status or 502, attempt.headers, bytes(attempt.body))
+                failure = Answer(attempt.status or 502, attempt.headers, bytes(attempt.body))
+                self._last_failure = self._for_client(attempt, self.readable(failure))
             wait = self._retry_wait(attempt.provider, verdict)
             recorded = self._failed(attempt, verdict)
             if wait is None:
@@ -783,7 +796,9 @@ class Exchange:
         can (text only, the message still open), else cut it."""
         transcript = self.dialect.transcript(bytes(self._sent)) if self._sent is not None else None
         if transcript is None:
-            return [Record(attempt, verdict), *self._cut(verdict, None)]
+            # A translated stream says so in the client's dialect: its SDK raises the provider's error.
+            said = self.dialect.stream_error(verdict.reason) if attempt.translation is not None else b""
+            return [*self._forward(said), Record(attempt, verdict), *self._cut(verdict, None)]
         if self.secrets:  # the next provider gets the text: a key spelled in pieces or escapes too
             transcript = dataclasses.replace(transcript, text=redact(transcript.text, self.secrets))
         if self.dialect.continued_body(self.body, transcript, "") is None:  # e.g. the client's own prefill
@@ -825,9 +840,22 @@ class Exchange:
             reason = reason[: MAX_REASON - 3] + "..."
         return verdict if reason == verdict.reason else dataclasses.replace(verdict, reason=reason)
 
+    def _provider_dialect(self, attempt: Attempt) -> Dialect:
+        return attempt.translation.provider if attempt.translation is not None else self.dialect
+
+    def _for_client(self, attempt: Attempt, answer: Answer) -> Answer:
+        """A whole (readable) answer in the client's dialect: translated when the provider speaks
+        another one, a JSON document either way."""
+        if attempt.translation is None:
+            return answer
+        body = attempt.translation.answer(answer.status, answer.body)
+        headers = (*((n, v) for n, v in answer.headers if n != b"content-type"), _JSON_TYPE)
+        return Answer(answer.status, headers, body)
+
     def _deliver(self, attempt: Attempt, verdict: Verdict) -> list[Action]:
         status = attempt.status or 502
-        answer = self.readable(Answer(status, attempt.headers, bytes(attempt.body)))
+        whole = self.readable(Answer(status, attempt.headers, bytes(attempt.body)))
+        answer = self._for_client(attempt, whole)
         headers = self._client_headers(answer.headers, attempt.provider)
         return [Deliver(status, headers, self._redacted(answer.body)), self._done(attempt.provider, verdict)]
 
@@ -861,9 +889,12 @@ class Exchange:
         attempt.pending = buffered[end:]
         return self._spliced(attempt, buffered[:end])
 
-    def _spliced(self, attempt: Attempt, events: bytes) -> bytes:
-        """Events as the client gets them: a continuation's rewritten into the client's message
-        (before masking, which must see the text as it is sent), then masked."""
+    def _spliced(self, attempt: Attempt, events: bytes, translated: bool = False) -> bytes:
+        """Events as the client gets them: translated from the provider's dialect, a continuation's
+        rewritten into the client's message (before masking, which must see the text as it is
+        sent), then masked."""
+        if attempt.translation is not None and not translated:
+            events = attempt.translation.events(events)
         if attempt.splicer is not None:
             events = attempt.splicer.feed(events)
         return self._redacted(events)

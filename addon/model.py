@@ -104,6 +104,9 @@ class Provider:
     auth: str = "x-api-key"
     models: tuple[tuple[str, str], ...] = ()
     breaker: BreakerPolicy = BreakerPolicy()
+    #: The dialect this provider speaks when it isn't the client's (`addon.formats.DIALECTS`):
+    #: requests and answers are translated (`addon.formats.translation`).
+    api: str | None = None
 
     @property
     def owns_credentials(self) -> bool:

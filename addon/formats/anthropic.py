@@ -51,6 +51,10 @@ class Anthropic(Dialect):
         kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": kind, "message": message}}
 
+    def stream_error(self, message: str) -> bytes:
+        document = {"type": "error", "error": {"type": "api_error", "message": message}}
+        return f"event: error\ndata: {dumps(document)}\n\n".encode()
+
     def larger_context_helps(self, status: int, body: bytes) -> bool:
         return status == 400 and bool(_CONTEXT_EXCEEDED.search(error_text(body)))
 

@@ -58,6 +58,11 @@ class Dialect:
         which a provider with a larger one may not be."""
         return False
 
+    def stream_error(self, message: str) -> bytes:
+        """An in-stream error event saying `message`, for a stream this dialect's client reads that
+        must end in error (empty when the dialect has none: the cut says it)."""
+        return b""
+
     def transcript(self, sent: bytes) -> Transcript | None:
         """What the client got of a streamed answer that broke, if it can be continued elsewhere:
         text only, with the message still open. None when not (a tool call, thinking, no text)."""

@@ -378,7 +378,12 @@ ERRORS = [
      "first_token, idle)"),
     (claude(host=["x"]), f"apps.claude.host: unknown key (expected one of: {APP_KEYS})"),
     (backup(base_ulr="x"),
-     f"{P1}.base_ulr: unknown key (expected one of: api_key, auth, base_url, breaker, enabled, id, models)"),
+     f"{P1}.base_ulr: unknown key (expected one of: api, api_key, auth, base_url, breaker, enabled, id, "
+     "models)"),
+    (backup(api="gemini"),
+     f"{P1}.api: Detour can't translate anthropic requests to gemini yet (it can: anthropic -> openai-chat)"),
+    (backup(api="grpc"),
+     f"{P1}.api: must be one of anthropic, openai-chat, openai-responses, gemini, got 'grpc'"),
     (backup(breaker={"window": "1s", "x": 1}),
      f"{P1}.breaker.x: unknown key (expected one of: {BREAKER_KEYS})"),
     # choices

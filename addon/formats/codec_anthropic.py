@@ -1,0 +1,306 @@
+"""Anthropic Messages to and from the intermediate form: its requests in, its answers and events out.
+
+Requests: the system prompt (a string or text blocks) becomes one text, without `cache_control` and
+without Claude Code's rotating billing-header line (it changes every request and would defeat another
+provider's prefix cache); server tools (web search and the like) have no equivalent and are dropped;
+`metadata`, `top_k` and other fields without one are dropped too.
+Answers: blocks are numbered densely, each closed before the next opens, tool calls are written whole
+(their input is complete before they are sent), and exactly one `message_delta` carries the stop reason
+and usage before `message_stop`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from addon.formats.continuation import dumps
+from addon.formats.ir import (
+    Began,
+    Conversation,
+    Finished,
+    Message,
+    Part,
+    Stop,
+    StreamEvent,
+    TextDelta,
+    ThinkingDelta,
+    Tool,
+    ToolCallDelta,
+    Turn,
+    Usage,
+)
+
+#: Claude Code starts its system prompt with a line that changes on every request.
+BILLING_LINE = "x-anthropic-billing-header"
+_STOPS = {
+    Stop.END: "end_turn",
+    Stop.MAX_TOKENS: "max_tokens",
+    Stop.TOOL_USE: "tool_use",
+    Stop.STOP_SEQUENCE: "stop_sequence",
+    Stop.REFUSAL: "refusal",
+}
+#: `thinking.budget_tokens` → a reasoning effort.
+_EFFORT = ((4096, "low"), (16384, "medium"))
+
+
+def decode_request(document: dict[str, object]) -> Conversation:
+    """An Anthropic Messages request; ValueError when it isn't one."""
+    messages = document.get("messages")
+    if not isinstance(messages, list):
+        raise ValueError("no messages")
+    turns = [_turn(m) for m in messages if isinstance(m, dict)]
+    thinking = document.get("thinking")
+    reasoning = None
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        budget = budget if isinstance(budget, int) else 0
+        reasoning = next((effort for limit, effort in _EFFORT if budget <= limit), "high")
+    stop = document.get("stop_sequences")
+    return Conversation(
+        model=str(document.get("model") or ""),
+        system=_system(document.get("system")),
+        turns=turns,
+        tools=[_tool(t) for t in _list(document.get("tools")) if _is_function_tool(t)],
+        tool_choice=_tool_choice(document.get("tool_choice")),
+        max_tokens=_int(document.get("max_tokens")),
+        temperature=_float(document.get("temperature")),
+        top_p=_float(document.get("top_p")),
+        stop=[s for s in stop if isinstance(s, str)] if isinstance(stop, list) else [],
+        stream=document.get("stream") is True,
+        reasoning=reasoning,
+    )
+
+
+def _system(value: object) -> str:
+    if isinstance(value, str):
+        text = value
+    else:
+        text = "\n\n".join(str(b.get("text") or "") for b in _list(value) if b.get("type") == "text")
+    lines = text.split("\n")
+    return "\n".join(line for line in lines if not line.startswith(BILLING_LINE)).strip("\n")
+
+
+def _turn(message: dict[str, object]) -> Turn:
+    role = "assistant" if message.get("role") == "assistant" else "user"
+    content = message.get("content")
+    if isinstance(content, str):
+        return Turn(role, [Part("text", text=content)])
+    return Turn(role, [p for p in map(_part, _list(content)) if p is not None])
+
+
+def _part(block: dict[str, object]) -> Part | None:
+    kind = block.get("type")
+    if kind == "text":
+        return Part("text", text=str(block.get("text") or ""))
+    if kind == "image":
+        url = _image_url(block.get("source"))
+        return Part("image", url=url) if url else None
+    if kind == "thinking":
+        return Part("thinking", text=str(block.get("thinking") or ""))
+    if kind == "tool_use":
+        arguments = block.get("input")
+        arguments = arguments if isinstance(arguments, dict) else {}
+        return Part(
+            "tool_call", id=str(block.get("id") or ""), name=str(block.get("name") or ""), arguments=arguments
+        )
+    if kind == "tool_result":
+        content = block.get("content")
+        parts = [Part("text", text=content)] if isinstance(content, str) else [
+            p for p in map(_part, _list(content)) if p is not None and p.kind in ("text", "image")
+        ]  # fmt: skip
+        return Part("tool_result", id=str(block.get("tool_use_id") or ""), content=parts,
+                    is_error=block.get("is_error") is True)  # fmt: skip
+    return None  # documents, redacted thinking, server tool blocks: no equivalent
+
+
+def _image_url(source: object) -> str:
+    if not isinstance(source, dict):
+        return ""
+    if source.get("type") == "base64":
+        return f"data:{source.get('media_type')};base64,{source.get('data')}"
+    if source.get("type") == "url":
+        return str(source.get("url") or "")
+    return ""
+
+
+def _is_function_tool(tool: dict[str, object]) -> bool:
+    """A client tool (name, schema); server tools (`web_search_…`, `bash_…` with a `type`) aren't."""
+    return "input_schema" in tool and tool.get("type") in (None, "custom")
+
+
+def _tool(tool: dict[str, object]) -> Tool:
+    schema = tool.get("input_schema")
+    return Tool(str(tool.get("name") or ""), str(tool.get("description") or ""),
+                schema if isinstance(schema, dict) else {})  # fmt: skip
+
+
+def _tool_choice(value: object) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    kind = value.get("type")
+    if kind == "tool":
+        return str(value.get("name") or "")
+    return {"auto": "auto", "any": "required", "none": "none"}.get(str(kind))
+
+
+def _list(value: object) -> list[dict[str, object]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+# --- answers out ---------------------------------------------------------------------------------
+
+
+def encode_message(message: Message) -> dict[str, object]:
+    content: list[dict[str, object]] = []
+    for part in message.parts:
+        if part.kind == "thinking":
+            content.append({"type": "thinking", "thinking": part.text, "signature": ""})
+        elif part.kind == "text":
+            content.append({"type": "text", "text": part.text})
+        elif part.kind == "tool_call":
+            content.append({"type": "tool_use", "id": part.id, "name": part.name, "input": part.arguments})
+    return {
+        "id": message.id,
+        "type": "message",
+        "role": "assistant",
+        "model": message.model,
+        "content": content,
+        "stop_reason": _STOPS.get(message.stop) if message.stop else "end_turn",
+        "stop_sequence": None,
+        "usage": _usage(message.usage),
+    }
+
+
+def _usage(usage: Usage) -> dict[str, object]:
+    return {
+        "input_tokens": usage.input,
+        "output_tokens": usage.output,
+        "cache_read_input_tokens": usage.cache_read,
+        "cache_creation_input_tokens": 0,
+    }
+
+
+def _event(name: str, document: dict[str, object]) -> bytes:
+    return f"event: {name}\ndata: {dumps(document)}\n\n".encode()
+
+
+class StreamWriter:
+    """The intermediate form's events as an Anthropic event stream.
+
+    Tool calls are written whole at the end of the message (their pieces can arrive interleaved and
+    out of order, and Anthropic blocks can't be reopened); text and thinking stream as they come.
+    """
+
+    def __init__(self, rename: dict[str, str] | None = None) -> None:
+        #: Tool names as the provider knows them → as the client named them.
+        self.rename = rename or {}
+        self.started = False
+        self.index = -1
+        self.open: str | None = None  # "text" | "thinking"
+        self.text_begun = False
+        self.calls: dict[int, ToolCallDelta] = {}
+        self.stop: Stop | None = None
+        self.usage = Usage()
+        self.ended = False
+
+    def feed(self, events: Iterable[StreamEvent]) -> bytes:
+        return b"".join(self._one(e) for e in events)
+
+    def _one(self, event: StreamEvent) -> bytes:
+        if isinstance(event, Began):
+            return self._begin(event.id, event.model)
+        out = b"" if self.started else self._begin("msg_detour", "")
+        if isinstance(event, ThinkingDelta) and event.text and not self.text_begun:
+            out += self._open("thinking") + _event("content_block_delta", {
+                "type": "content_block_delta", "index": self.index,
+                "delta": {"type": "thinking_delta", "thinking": event.text}})  # fmt: skip
+        elif isinstance(event, TextDelta) and event.text:
+            self.text_begun = True
+            out += self._open("text") + _event("content_block_delta", {
+                "type": "content_block_delta", "index": self.index,
+                "delta": {"type": "text_delta", "text": event.text}})  # fmt: skip
+        elif isinstance(event, ToolCallDelta):
+            call = self.calls.setdefault(event.index, ToolCallDelta(event.index))
+            call.id = call.id or event.id
+            call.name = call.name or event.name
+            call.arguments += event.arguments
+        elif isinstance(event, Finished):
+            self.stop = event.stop or self.stop
+            if event.usage is not None:
+                self.usage = event.usage
+        return out
+
+    def _begin(self, message_id: str, model: str) -> bytes:
+        if self.started:
+            return b""
+        self.started = True
+        message: dict[str, object] = {"id": message_id, "type": "message", "role": "assistant",
+                                      "model": model, "content": [],
+                   "stop_reason": None, "stop_sequence": None, "usage": _usage(Usage())}  # fmt: skip
+        return _event("message_start", {"type": "message_start", "message": message})
+
+    def _open(self, kind: str) -> bytes:
+        if self.open == kind:
+            return b""
+        out = self._close()
+        self.index += 1
+        self.open = kind
+        block = (
+            {"type": "thinking", "thinking": "", "signature": ""}
+            if kind == "thinking"
+            else {"type": "text", "text": ""}
+        )
+        return out + _event(
+            "content_block_start",
+            {"type": "content_block_start", "index": self.index, "content_block": block},
+        )
+
+    def _close(self) -> bytes:
+        if self.open is None:
+            return b""
+        out = b""
+        if self.open == "thinking":
+            signature = {"type": "content_block_delta", "index": self.index,
+                         "delta": {"type": "signature_delta", "signature": ""}}  # fmt: skip
+            out += _event("content_block_delta", signature)
+        self.open = None
+        return out + _event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+
+    def finish(self) -> bytes:
+        """The provider's answer is complete: the tool calls, one `message_delta`, `message_stop`."""
+        if self.ended:
+            return b""
+        self.ended = True
+        out = (b"" if self.started else self._begin("msg_detour", "")) + self._close()
+        for n, call in enumerate(sorted(self.calls.values(), key=lambda c: c.index)):
+            self.index += 1
+            try:
+                arguments = json.loads(call.arguments) if call.arguments.strip() else {}
+            except ValueError:
+                arguments = {}
+            name = self.rename.get(call.name, call.name)
+            block = {"type": "tool_use", "id": call.id or f"toolu_detour_{n}", "name": name, "input": {}}
+            out += _event(
+                "content_block_start",
+                {"type": "content_block_start", "index": self.index, "content_block": block},
+            )
+            delta = {"type": "input_json_delta", "partial_json": dumps(arguments)}
+            out += _event(
+                "content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta}
+            )
+            out += _event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+        stop = self.stop or (Stop.TOOL_USE if self.calls else Stop.END)
+        usage = {"input_tokens": self.usage.input, "output_tokens": self.usage.output,
+                 "cache_read_input_tokens": self.usage.cache_read}  # fmt: skip
+        ending: dict[str, object] = {"stop_reason": _STOPS[stop], "stop_sequence": None}
+        out += _event("message_delta", {"type": "message_delta", "delta": ending, "usage": usage})
+        return out + _event("message_stop", {"type": "message_stop"})

@@ -1,0 +1,107 @@
+"""Translating one attempt between the client's dialect and a provider's that speaks another.
+
+The request goes client dialect → intermediate form → provider dialect; the answer, its events and its
+errors come back the other way, so a translated provider is an ordinary member of the failover queue:
+everything happens before the first byte reaches the client. `TRANSLATIONS` lists the directions that
+exist; a request one can't represent (another path, a compressed body) skips that provider, uncharged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from addon.formats import codec_anthropic, codec_chat
+from addon.formats.base import Dialect, error_text
+from addon.formats.documents import json_object
+from addon.formats.sse import SSEParser
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True)
+class Direction:
+    """One supported (client dialect, provider dialect) pair and the paths it maps."""
+
+    client_paths: tuple[str, ...]
+    provider_path: str
+
+
+#: (client dialect, provider dialect) → how. Everything else is refused by the config loader.
+TRANSLATIONS: dict[tuple[str, str], Direction] = {
+    ("anthropic", "openai-chat"): Direction(("/v1/messages",), "/v1/chat/completions"),
+}
+#: Client headers that only mean something to the client's own API.
+_CLIENT_ONLY = (b"anthropic-", b"x-stainless-")
+
+
+class NotTranslatable(ValueError):
+    """This request can't be expressed in the provider's dialect."""
+
+
+def supported(client: str, provider: str) -> bool:
+    return client == provider or (client, provider) in TRANSLATIONS
+
+
+class Translation:
+    """One attempt's translation: the request on the way out, the answer on the way back."""
+
+    def __init__(self, client: Dialect, provider: Dialect) -> None:
+        self.client = client
+        self.provider = provider
+        self.direction = TRANSLATIONS[(client.name, provider.name)]
+        #: Tool names shortened for the provider → the client's names.
+        self.rename: dict[str, str] = {}
+        self._parser = SSEParser()
+        self._reader = codec_chat.StreamReader()
+        self._writer = codec_anthropic.StreamWriter(self.rename)
+
+    def request(self, path: str, headers: Headers, body: bytes) -> tuple[str, Headers, bytes]:
+        """The client's request as the provider must get it; NotTranslatable when it can't be."""
+        bare = path.split("?", 1)[0]
+        if bare not in self.direction.client_paths:
+            raise NotTranslatable(f"{bare} has no {self.provider.name} equivalent")
+        if any(n == b"content-encoding" and v.strip().lower() not in (b"", b"identity") for n, v in headers):
+            raise NotTranslatable("a compressed request body can't be translated")
+        document = json_object(body)
+        if document is None:
+            raise NotTranslatable("the request body is not a JSON object")
+        try:
+            conversation = codec_anthropic.decode_request(document)
+        except ValueError as e:
+            raise NotTranslatable(str(e)) from None
+        translated, renamed = codec_chat.encode_request(conversation)
+        self.rename.update(renamed)
+        kept = tuple((n, v) for n, v in headers if not n.startswith(_CLIENT_ONLY) and n != b"content-length")
+        return self.direction.provider_path, kept, json.dumps(translated, ensure_ascii=True).encode()
+
+    def answer(self, status: int, body: bytes) -> bytes:
+        """A whole answer in the client's dialect: a success translated, an error in its shape with
+        the provider's message (the status is kept by the caller)."""
+        document = json_object(body)
+        if 200 <= status < 300 and document is not None:
+            message = codec_chat.decode_message(document)
+            for part in message.parts:
+                part.name = self.rename.get(part.name, part.name)
+            return json.dumps(codec_anthropic.encode_message(message)).encode()
+        message_text = error_text(body) or body[:500].decode("utf-8", "replace") or f"http {status}"
+        return self.client.error_body(status, f"{self.provider.name} provider: {message_text}")
+
+    def events(self, data: bytes) -> bytes:
+        """Whole events of the provider's stream → the client's events."""
+        return b"".join(self._writer.feed(self._reader.read(e)) for e in self._parser.feed(data))
+
+    def finish(self) -> bytes:
+        """The provider's stream ended complete: the client's closing events."""
+        return self._writer.finish()
+
+
+def translation_for(
+    client: Dialect, provider_api: str | None, dialects: dict[str, Dialect]
+) -> Translation | None:
+    """The translation an attempt needs (None when the provider speaks the client's dialect)."""
+    if provider_api is None or provider_api == client.name or dialects[provider_api].family == client.family:
+        return None
+    if (client.name, provider_api) not in TRANSLATIONS:
+        raise NotTranslatable(f"no translation from {client.name} to {provider_api}")
+    return Translation(client, dialects[provider_api])
