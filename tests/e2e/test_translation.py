@@ -1,0 +1,88 @@
+"""Issue 13, direction 1, end to end: Claude's SDK talks Anthropic Messages to a real mitmdump running
+Detour; the primary (Anthropic) fails, and the backup speaks only OpenAI Chat (`api: openai-chat`).
+The SDK's own accumulator must get a complete Anthropic message, streamed and whole."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import configs
+import pytest
+from harness import Mitmdump, free_port
+from mockprovider import MockProvider
+
+pytestmark = pytest.mark.integration
+
+MESSAGES: Any = [{"role": "user", "content": "hi"}]
+
+
+def serve(
+    tmp_path: Path, mock_factory: Callable[[str], MockProvider], mitmdump_factory: Callable[..., Mitmdump]
+) -> tuple[anthropic.Anthropic, MockProvider, MockProvider, Mitmdump]:
+    primary, backup = mock_factory("primary"), mock_factory("backup")
+    queue = [
+        configs.provider("primary", primary.base_url),
+        configs.provider("backup", backup.base_url, configs.BACKUP_KEY_ENV, api="openai-chat",
+                         models={"claude-*": "deepseek-chat"}),
+    ]  # fmt: skip
+    config = configs.write(
+        tmp_path / "config.yaml", configs.config({"claude": configs.app("api.anthropic.com", queue)})
+    )
+    port = free_port()
+    md = mitmdump_factory(config, reverse={port: "https://api.anthropic.com"}, env=configs.KEY_ENV)
+    client = anthropic.Anthropic(
+        base_url=f"http://127.0.0.1:{port}", api_key=configs.CLIENT_KEY, max_retries=0, timeout=15
+    )
+    primary.fault("status", status=529)
+    return client, primary, backup, md
+
+
+def test_a_stream_from_a_chat_provider_reaches_the_anthropic_sdk_whole(
+    tmp_path: Path, mock_factory: Callable[[str], MockProvider], mitmdump_factory: Callable[..., Mitmdump]
+) -> None:
+    client, _, backup, md = serve(tmp_path, mock_factory, mitmdump_factory)
+    with client.messages.stream(
+        model="claude-sonnet-4", max_tokens=64, messages=MESSAGES, system="Be brief."
+    ) as s:
+        message = s.get_final_message()
+        provider = s.response.headers.get("x-detour-provider")
+    assert provider == "backup"
+    assert [b.type for b in message.content] == ["text"] and message.content[0].text == "hello from backup"
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens == 5
+    (sent,) = list(backup.requests_to("/v1/chat/completions"))
+    assert sent.json["model"] == "deepseek-chat" and sent.json["stream_options"] == {"include_usage": True}
+    assert sent.json["messages"][:2] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+    ]
+    assert sent.headers["authorization"] == f"Bearer {configs.KEY_B}" and "x-api-key" not in sent.headers
+    assert not any(k.startswith("anthropic-") for k in sent.headers)
+    assert configs.secret_leaks(md.log_text().encode()) == []
+
+
+def test_a_whole_answer_from_a_chat_provider_is_an_anthropic_message(
+    tmp_path: Path, mock_factory: Callable[[str], MockProvider], mitmdump_factory: Callable[..., Mitmdump]
+) -> None:
+    client, _, _, _ = serve(tmp_path, mock_factory, mitmdump_factory)
+    raw = client.messages.with_raw_response.create(model="claude-sonnet-4", max_tokens=64, messages=MESSAGES)
+    message = raw.parse()
+    assert raw.headers["x-detour-provider"] == "backup"
+    assert message.type == "message" and message.content[0].type == "text"
+    assert message.content[0].text == "hello from backup"
+
+
+def test_a_chat_providers_error_reaches_the_client_in_anthropics_shape(
+    tmp_path: Path, mock_factory: Callable[[str], MockProvider], mitmdump_factory: Callable[..., Mitmdump]
+) -> None:
+    client, _, backup, _ = serve(tmp_path, mock_factory, mitmdump_factory)
+    backup.fault(
+        "status", status=400, body={"error": {"message": "Invalid model", "type": "invalid_request_error"}}
+    )
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model="claude-sonnet-4", max_tokens=64, messages=MESSAGES)
+    assert info.value.status_code == 400
+    assert info.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert "Invalid model" in info.value.body["error"]["message"]  # type: ignore[index]
