@@ -4,6 +4,7 @@ stream accumulator (`accumulate_event`, what `messages.stream()` uses)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -169,12 +170,14 @@ def accumulate(stream: bytes) -> Any:
     """The official SDK's accumulator over the translated stream; every event must validate."""
     snapshot = None
     names = []
+    # anthropic 2.x keeps partial tool input per block in `json_bufs`; 0.x in the snapshot itself
+    extra: dict[str, Any] = {"json_bufs": {}} if "json_bufs" in inspect.signature(accumulate_event).parameters else {}  # noqa: E501
     for event in SSEParser().feed(stream):
         data = json.loads(event.data)
         assert data["type"] == event.event
         names.append(event.event)
         typed = construct_type(type_=RawMessageStreamEvent, value=data)
-        snapshot = accumulate_event(event=typed, current_snapshot=snapshot)  # type: ignore[arg-type]
+        snapshot = accumulate_event(event=typed, current_snapshot=snapshot, **extra)  # type: ignore[arg-type]
     return snapshot, names
 
 
