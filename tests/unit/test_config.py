@@ -91,12 +91,14 @@ def test_bundled_config_loads_without_any_environment() -> None:
 
 
 def test_bundled_config_enables_backups_when_keys_are_set() -> None:
-    env = {"ZHIPU_API_KEY": "zk", "OPENROUTER_API_KEY": "ok"}
+    env = {"ZHIPU_API_KEY": "zk", "OPENROUTER_API_KEY": "ok", "DEEPSEEK_API_KEY": "dk"}
     cfg = load_config(REPO / "config.yaml", env=env)
     assert cfg.warnings == ()
     claude_app = cfg.app("claude")
     assert claude_app is not None
-    assert [p.id for p in claude_app.providers] == ["anthropic", "zhipu", "openrouter"]
+    assert [p.id for p in claude_app.providers] == ["anthropic", "zhipu", "openrouter", "deepseek"]
+    deepseek = claude_app.providers[3]
+    assert (deepseek.api, deepseek.auth, deepseek.map_model("claude-x")) == ("openai-chat", "bearer", "deepseek-chat")
     zhipu = claude_app.providers[1]
     assert zhipu.api_key == "zk" and zhipu.auth == "bearer"
     assert zhipu.map_model("claude-sonnet-4-5") == "glm-4.6"
