@@ -98,7 +98,8 @@ def test_bundled_config_enables_backups_when_keys_are_set() -> None:
     assert claude_app is not None
     assert [p.id for p in claude_app.providers] == ["anthropic", "zhipu", "openrouter", "deepseek"]
     deepseek = claude_app.providers[3]
-    assert (deepseek.api, deepseek.auth, deepseek.map_model("claude-x")) == ("openai-chat", "bearer", "deepseek-chat")
+    assert (deepseek.api, deepseek.auth) == ("openai-chat", "bearer")
+    assert deepseek.map_model("claude-x") == "deepseek-chat"
     zhipu = claude_app.providers[1]
     assert zhipu.api_key == "zk" and zhipu.auth == "bearer"
     assert zhipu.map_model("claude-sonnet-4-5") == "glm-4.6"
