@@ -506,6 +506,12 @@ class _Parser:
             missing += [name for name in missing_key if name not in missing]
             unsafe += [name for name in unsafe_key if name not in unsafe]
         api = self.provider_api(at.key("api"), spec.get("api"), shape)
+        if api is not None and ("api_key" not in spec or str(spec["api_key"]).strip().lower() == _NO_KEY):
+            # The client's credentials are for its own API's vendor: never hand them to another.
+            raise at.key("api_key").error(
+                f"is required for a provider with api: {api} (the client's own credentials are for "
+                f"{shape}); a local server that needs none takes any value"
+            )
         auth = DEFAULT_AUTH[DIALECTS[api].family if api else shape]  # type: ignore[index]
         if "auth" in spec:
             auth = _choice(at.key("auth"), spec["auth"], AUTH_STYLES)

@@ -385,6 +385,10 @@ ERRORS = [
      "models)"),
     (backup(api="gemini"),
      f"{P1}.api: Detour can't translate anthropic requests to gemini yet (it can: anthropic -> openai-chat)"),
+    (claude(providers=[{"id": "p", "base_url": "https://a.example"},
+                       {"id": "chat", "base_url": "http://127.0.0.1:8000", "api": "openai-chat"}]),
+     "apps.claude.providers[1].api_key: is required for a provider with api: openai-chat (the "
+     "client's own credentials are for anthropic); a local server that needs none takes any value"),
     (backup(api="grpc"),
      f"{P1}.api: must be one of anthropic, openai-chat, openai-responses, gemini, got 'grpc'"),
     (backup(breaker={"window": "1s", "x": 1}),
