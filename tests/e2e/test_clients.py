@@ -192,3 +192,32 @@ def test_codex_turns_on_a_healthy_primary_never_charge_it(
             "SELECT outcome, COUNT(*) FROM attempt WHERE app='codex' GROUP BY outcome"
         ).fetchall()
     assert dict(outcomes).keys() <= {"success", "client_error"}, outcomes
+
+
+def test_claude_code_runs_a_tool_round_trip_through_an_openai_chat_backup(
+    executables: dict[str, Path], rig_factory: list[clis.Rig], tmp_path: Path
+) -> None:
+    """Issue 13's must-hold: the primary is overloaded, the backup speaks only OpenAI Chat. The model
+    (the backup) asks for Claude Code's Read tool; Claude Code runs it, its result goes back as a
+    `tool` message with the call's id, and the final answer shows what the tool read."""
+    rig = start(rig_factory, tmp_path, primary_fault=529, backup_api="openai-chat")
+    home = rig.workdir / "home-claude-tool"
+    home.mkdir(parents=True)
+    note = home / "note.txt"
+    note.write_text("detour-tool-round-trip-ok\n")
+    rig.backup.fault("tool_round_trip", tool="Read", arguments={"file_path": str(note)})
+    outcome = rig.run("claude", executables["claude"], "base-url", prompt="read note.txt", home=home,
+                      args=("--allowedTools", "Read"))  # fmt: skip
+    RUNS.append({"cli": "claude", "mode": "base-url (openai-chat backup, tool)", "primary": "529",
+                 "exit": outcome.returncode, "seconds": round(outcome.seconds, 2)})  # fmt: skip
+    assert outcome.returncode == 0, describe(outcome, rig)
+    assert "the tool said:" in outcome.stdout and "detour-tool-round-trip-ok" in outcome.stdout, describe(
+        outcome, rig
+    )
+    chats = [json.loads(r.body) for r in rig.backup.requests_to("/v1/chat/completions")]
+    results = [m for c in chats for m in c["messages"] if m.get("role") == "tool"]
+    assert results and results[-1]["tool_call_id"] == "call_mock_1"
+    assert "detour-tool-round-trip-ok" in results[-1]["content"]
+    for rec in rig.backup.received:
+        wire = json.dumps(rec.raw_headers) + rec.body.decode("utf-8", "replace")
+        assert CLIENT_KEY not in wire and rec.headers.get("authorization") == f"Bearer {KEY_B}"

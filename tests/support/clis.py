@@ -138,6 +138,8 @@ class Rig:
     workdir: Path
     primary_fault: int | str | None = None
     backup_websocket: bool = True
+    #: The backup's `api` for the Claude app (e.g. "openai-chat": Detour translates for it).
+    backup_api: str | None = None
     primary: MockProvider | None = None
     backup: MockProvider = field(init=False)
     md: Mitmdump = field(init=False)
@@ -164,10 +166,15 @@ class Rig:
         apps = {}
         for cli in CLIS.values():
             pattern, model = BACKUP_MODELS[cli.name]
+            translated = {"api": self.backup_api} if self.backup_api and cli.name == "claude" else {}
             queue = [
                 configs.provider("primary", primary_url, configs.PRIMARY_KEY_ENV),
                 configs.provider(
-                    "backup", self.backup.base_url, configs.BACKUP_KEY_ENV, models={pattern: model}
+                    "backup",
+                    self.backup.base_url,
+                    configs.BACKUP_KEY_ENV,
+                    models={pattern: model},
+                    **translated,
                 ),
             ]
             apps[cli.app] = configs.app(cli.host, queue)
@@ -231,12 +238,21 @@ class Rig:
                 env["GOOGLE_GEMINI_BASE_URL"] = self.base_url(cli)
         return env
 
-    def run(self, cli: str, exe: Path, mode: str, prompt: str = "say hi", timeout: float = 120.0) -> Outcome:
-        """Run one CLI non-interactively, in a fresh home, through Detour in `mode`."""
-        home = self.workdir / f"home-{cli}-{mode}-{time.monotonic_ns()}"
-        home.mkdir(parents=True)
+    def run(
+        self,
+        cli: str,
+        exe: Path,
+        mode: str,
+        prompt: str = "say hi",
+        timeout: float = 120.0,
+        home: Path | None = None,
+        args: tuple[str, ...] = (),
+    ) -> Outcome:
+        """Run one CLI non-interactively, in a fresh home (or `home`), through Detour in `mode`."""
+        home = home or self.workdir / f"home-{cli}-{mode}-{time.monotonic_ns()}"
+        home.mkdir(parents=True, exist_ok=True)
         env = self.env(cli, mode, home)
-        argv = _argv(cli, exe, prompt, self.base_url(cli) if mode == "base-url" else None)
+        argv = [*_argv(cli, exe, prompt, self.base_url(cli) if mode == "base-url" else None), *args]
         if cli == "codex":
             (home / ".codex").mkdir()
             login = [str(exe), "login", "--with-api-key"]

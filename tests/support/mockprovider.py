@@ -33,6 +33,8 @@ Faults (``mock.fault(kind, times=None, path_prefix=None, **params)``; ``mock.hea
     big_stream       normal SSE whose text is ``count`` pieces of ``size`` characters
     slow_first_token the head and the events before the first content at once, then ``delay``
                      seconds, then the rest
+    tool_round_trip  Chat streams: a request offering the tool ``tool`` gets a call of it with
+                     ``arguments``; once the request carries the tool's result, the answer quotes it
     sse_no_done      Chat: a complete stream (finish_reason, usage if asked) without ``data: [DONE]``;
                      ``framing="close"`` ends it by closing the connection instead of chunking
 
@@ -86,6 +88,7 @@ FAULT_KINDS = frozenset(
         "big_stream",
         "slow_first_token",
         "sse_no_done",
+        "tool_round_trip",
     }
 )
 
@@ -737,6 +740,7 @@ class MockProvider:
         big = kind == "big_stream"
         self._big = (int(params.get("count", 1000)), int(params.get("size", 4096))) if big else None
         self._no_done = kind == "sse_no_done"
+        self._round_trip = params if kind == "tool_round_trip" else None
         events = self._sse_events(api, model, body_json)
         headers = {
             "content-type": "text/event-stream; charset=utf-8",
@@ -846,10 +850,29 @@ class MockProvider:
     def answer(self) -> str:
         return f"hello from {self.name}"
 
+    def _tool_call(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Under the `tool_round_trip` fault, a Chat request that offers the tool and has no tool
+        result yet is answered with a call of it (the result's turn then gets text that quotes it)."""
+        params = getattr(self, "_round_trip", None)
+        if params is None:
+            return None
+        offered = [t.get("function", {}).get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
+        messages = body.get("messages") or []
+        answered = any(m.get("role") == "tool" for m in messages if isinstance(m, dict))
+        if params["tool"] not in offered or answered:
+            return None
+        arguments = jsonlib.dumps(params.get("arguments") or {})
+        return {"index": 0, "id": "call_mock_1", "type": "function",
+                "function": {"name": params["tool"], "arguments": arguments}}  # fmt: skip
+
     def _pieces(self, body: dict[str, Any] | None = None) -> list[str]:
         if getattr(self, "_big", None):
             count, size = self._big  # type: ignore[misc]
             return ["x" * size] * count
+        messages = (body or {}).get("messages") or []
+        results = [m for m in messages if isinstance(m, dict) and m.get("role") == "tool"]
+        if results and getattr(self, "_round_trip", None) is not None:
+            return ["the tool said: ", str(results[-1].get("content"))[:300]]
         prefill = _prefill(body or {})
         if prefill is not None:
             # Asked to continue an answer: the rest of its own, if that is how its own begins.
@@ -1100,8 +1123,13 @@ class MockProvider:
             }
 
         chunks = [chunk({"role": "assistant", "content": ""}, None)]
-        chunks += [chunk({"content": p}, None) for p in self._pieces(body)]
-        chunks.append(chunk({}, "stop"))
+        call = self._tool_call(body)
+        if call is not None:
+            chunks.append(chunk({"tool_calls": [call]}, None))
+            chunks.append(chunk({}, "tool_calls"))
+        else:
+            chunks += [chunk({"content": p}, None) for p in self._pieces(body)]
+            chunks.append(chunk({}, "stop"))
         opts = body.get("stream_options")
         if isinstance(opts, dict) and opts.get("include_usage"):
             chunks.append(
