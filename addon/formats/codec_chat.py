@@ -123,6 +123,10 @@ def _assistant(parts: list[Part]) -> list[dict[str, object]]:
     message: dict[str, object] = {"role": "assistant", "content": text or None}
     if calls:
         message["tool_calls"] = calls
+        # DeepSeek's thinking mode wants a tool-calling turn's reasoning back; others ignore it.
+        thinking = "".join(p.text for p in parts if p.kind == "thinking")
+        if thinking:
+            message["reasoning_content"] = thinking
     return [message]
 
 
@@ -164,6 +168,54 @@ def usage_of(document: dict[str, object]) -> Usage | None:
     )
 
 
+class InlineThinking:
+    """Splits `<think>…</think>` at the start of the content off as thinking, across chunks."""
+
+    OPEN, CLOSE = "<think>", "</think>"
+
+    def __init__(self) -> None:
+        self.state = "start"  # "start" (undecided) | "thinking" | "text"
+        self.pending = ""
+
+    def split(self, piece: str) -> list[StreamEvent]:
+        if self.state == "text":
+            return [TextDelta(piece)]
+        self.pending += piece
+        if self.state == "start":
+            head = self.pending.lstrip()
+            if self.OPEN.startswith(head) and len(head) < len(self.OPEN):
+                return []  # could still become "<think>"
+            if not head.startswith(self.OPEN):
+                self.state, text, self.pending = "text", self.pending, ""
+                return [TextDelta(text)]
+            self.state, self.pending = "thinking", head[len(self.OPEN) :]
+        end = self.pending.find(self.CLOSE)
+        if end < 0:
+            cut = len(self.pending) - _partial_suffix(self.pending, self.CLOSE)
+            thought, self.pending = self.pending[:cut], self.pending[cut:]
+            return [ThinkingDelta(thought)] if thought else []
+        thought, rest = self.pending[:end], self.pending[end + len(self.CLOSE) :].lstrip("\n")
+        self.state, self.pending = "text", ""
+        out: list[StreamEvent] = [ThinkingDelta(thought)] if thought else []
+        return out + ([TextDelta(rest)] if rest else [])
+
+
+    def flush(self) -> list[StreamEvent]:
+        """The content ended: what is still held goes out as what it was."""
+        pending, self.pending = self.pending, ""
+        if not pending:
+            return []
+        return [ThinkingDelta(pending) if self.state == "thinking" else TextDelta(pending)]
+
+
+def _partial_suffix(text: str, marker: str) -> int:
+    """How many characters at the end of `text` could be the start of `marker`."""
+    for size in range(min(len(marker) - 1, len(text)), 0, -1):
+        if marker.startswith(text[-size:]):
+            return size
+    return 0
+
+
 def decode_message(document: dict[str, object]) -> Message:
     choices = document.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
@@ -174,7 +226,11 @@ def decode_message(document: dict[str, object]) -> Message:
     if isinstance(reasoning, str) and reasoning:
         parts.append(Part("thinking", text=reasoning))
     if isinstance(message.get("content"), str) and message["content"]:
-        parts.append(Part("text", text=str(message["content"])))
+        inline = InlineThinking()
+        for event in [*inline.split(str(message["content"])), *inline.flush()]:
+            if isinstance(event, ThinkingDelta | TextDelta):
+                kind = "thinking" if isinstance(event, ThinkingDelta) else "text"
+                parts.append(Part(kind, text=event.text))
     for call in message.get("tool_calls") or []:
         if isinstance(call, dict) and isinstance(call.get("function"), dict):
             function = call["function"]
@@ -192,10 +248,15 @@ def decode_message(document: dict[str, object]) -> Message:
 
 class StreamReader:
     """Chat chunks → the intermediate form's events. `[DONE]` and the end of the body say nothing
-    here: whoever drives this knows whether the stream was complete."""
+    here: whoever drives this knows whether the stream was complete.
+
+    Reasoning arrives as `reasoning_content` (DeepSeek, vLLM), `reasoning` (OpenRouter), or inline in
+    the content as `<think>…</think>` at its start (Qwen, DeepSeek-R1 on llama.cpp, Ollama): all three
+    become thinking."""
 
     def __init__(self) -> None:
         self.began = False
+        self.inline = InlineThinking()
 
     def read(self, event: SSEEvent) -> list[StreamEvent]:
         document = json_object(event.data)
@@ -215,7 +276,7 @@ class StreamReader:
             if isinstance(reasoning, str) and reasoning:
                 out.append(ThinkingDelta(reasoning))
             if isinstance(delta.get("content"), str) and delta["content"]:
-                out.append(TextDelta(str(delta["content"])))
+                out += self.inline.split(str(delta["content"]))
             for call in delta.get("tool_calls") or []:
                 if not isinstance(call, dict):
                     continue
@@ -233,3 +294,6 @@ class StreamReader:
         if usage is not None:
             out.append(Finished(usage=usage))
         return out
+
+    def flush(self) -> list[StreamEvent]:
+        return self.inline.flush()

@@ -93,7 +93,7 @@ class Translation:
 
     def finish(self) -> bytes:
         """The provider's stream ended complete: the client's closing events."""
-        return self._writer.finish()
+        return self._writer.feed(self._reader.flush()) + self._writer.finish()
 
 
 def translation_for(

@@ -171,7 +171,9 @@ def accumulate(stream: bytes) -> Any:
     snapshot = None
     names = []
     # anthropic 2.x keeps partial tool input per block in `json_bufs`; 0.x in the snapshot itself
-    extra: dict[str, Any] = {"json_bufs": {}} if "json_bufs" in inspect.signature(accumulate_event).parameters else {}  # noqa: E501
+    extra: dict[str, Any] = (
+        {"json_bufs": {}} if "json_bufs" in inspect.signature(accumulate_event).parameters else {}
+    )  # noqa: E501, RUF100
     for event in SSEParser().feed(stream):
         data = json.loads(event.data)
         assert data["type"] == event.event
@@ -222,3 +224,41 @@ def test_a_stream_whose_finish_reason_repeats_and_ends_without_done_is_finished_
     message, names = accumulate(out)
     assert message.content[0].text == "ab" and message.stop_reason == "end_turn"
     assert names.count("message_stop") == 1
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        ["<think>plan it</think>\n\nDone."],
+        ["<th", "ink>plan", " it</thi", "nk>Done."],
+        ["  <think>plan it</think>Done."],
+    ],
+)
+def test_inline_think_tags_become_a_thinking_block(pieces: list[str]) -> None:
+    t = translation()
+    out = b"".join(t.events(chunk({"content": p})) for p in pieces) + t.events(chunk({}, "stop")) + t.finish()
+    message, _ = accumulate(out)
+    assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in message.content] == [
+        ("thinking", "plan it"),
+        ("text", "Done."),
+    ]
+
+
+def test_content_that_only_looks_like_a_tag_is_text() -> None:
+    t = translation()
+    out = b"".join(t.events(chunk({"content": p})) for p in ["<th", "is is text"]) + t.finish()
+    message, _ = accumulate(out)
+    assert [b.text for b in message.content] == ["<this is text"]
+
+
+def test_a_tool_calling_turns_thinking_goes_back_as_reasoning_content() -> None:
+    request = {**REQUEST, "messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "I need the file.", "signature": "sig"},
+            {"type": "tool_use", "id": "t1", "name": "Read", "input": {"path": "a"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "x"}]},
+    ]}  # fmt: skip
+    chat = json.loads(translation().request("/v1/messages", (), json.dumps(request).encode())[2])
+    assert chat["messages"][2]["reasoning_content"] == "I need the file."
+    assert chat["messages"][3] == {"role": "tool", "tool_call_id": "t1", "content": "x"}
