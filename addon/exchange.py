@@ -419,6 +419,7 @@ class Exchange:
         secrets: tuple[str, ...] = (),
         limits: Limits = Limits(),
         body: bytes = b"",
+        path: str = "",
     ) -> None:
         self.app = app
         self.dialect = dialect
@@ -428,8 +429,10 @@ class Exchange:
         self.queue = queue
         self.secrets = secrets
         self.limits = limits
-        #: The client's request body (uncompressed), from which a continuation is written.
+        #: The client's request body (uncompressed) and path: a continuation is written from them,
+        #: and a translated provider's local answers read them.
         self.body = body
+        self.path = path
         self.attempt: Attempt | None = None
         self.attempts = 0
         self.failed: list[FailedAttempt] = []
@@ -492,6 +495,12 @@ class Exchange:
         except NotTranslatable as e:
             self.failed.append(FailedAttempt(event.provider.id, f"not sendable: {e}"))
             return [*actions, Release(attempt), Pick()]
+        local = attempt.translation.local_answer(self.path, self.body) if attempt.translation else None
+        if local is not None:  # nothing to ask the provider: no attempt, no charge
+            headers = self._client_headers((_JSON_TYPE,), event.provider)
+            estimated = Verdict(Outcome.SUCCESS, "answered by Detour: an estimate", 200)
+            done = self._done(event.provider, estimated)
+            return [*actions, Release(attempt), Deliver(200, headers, local), done]
         if self._continuing is not None:
             attempt.body_override = self.dialect.continued_body(
                 self.body, self._continuing, event.provider.base_url

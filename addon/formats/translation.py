@@ -25,11 +25,15 @@ class Direction:
 
     client_paths: tuple[str, ...]
     provider_path: str
+    #: A path Detour answers itself for such a provider, with an estimate (it has no equivalent).
+    count_path: str = ""
 
 
 #: (client dialect, provider dialect) → how. Everything else is refused by the config loader.
 TRANSLATIONS: dict[tuple[str, str], Direction] = {
-    ("anthropic", "openai-chat"): Direction(("/v1/messages",), "/v1/chat/completions"),
+    ("anthropic", "openai-chat"): Direction(
+        ("/v1/messages",), "/v1/chat/completions", count_path="/v1/messages/count_tokens"
+    ),
 }
 #: Client headers that only mean something to the client's own API.
 _CLIENT_ONLY = (b"anthropic-", b"x-stainless-")
@@ -74,6 +78,16 @@ class Translation:
         self.rename.update(renamed)
         kept = tuple((n, v) for n, v in headers if not n.startswith(_CLIENT_ONLY) and n != b"content-length")
         return self.direction.provider_path, kept, json.dumps(translated, ensure_ascii=True).encode()
+
+    def local_answer(self, path: str, body: bytes) -> bytes | None:
+        """The answer Detour gives itself to a request the provider has no equivalent for: a token
+        count, estimated at four bytes of the request's text per token (documented as an estimate)."""
+        if not self.direction.count_path or path.split("?", 1)[0] != self.direction.count_path:
+            return None
+        document = json_object(body) or {}
+        counted = [document.get(k) for k in ("system", "messages", "tools")]
+        size = len(json.dumps(counted, ensure_ascii=False).encode())
+        return json.dumps({"input_tokens": max(1, size // 4)}).encode()
 
     def answer(self, status: int, body: bytes) -> bytes:
         """A whole answer in the client's dialect: a success translated, an error in its shape with

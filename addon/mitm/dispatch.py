@@ -90,7 +90,8 @@ class Dispatcher:
         # A continuation rewrites the request's JSON: only a body sent uncompressed can be.
         plain = request.body if request.header(b"content-encoding") in (None, b"identity") else b""
         exchange = Exchange(
-            app, dialect, delivery, self.control.candidates(app), self.control.secrets, limits, plain
+            app, dialect, delivery, self.control.candidates(app), self.control.secrets, limits, plain,
+            request.path,
         )
         if delivery is Delivery.WHOLE:
             return self._answer_whole(flow, app, exchange, request)

@@ -86,3 +86,13 @@ def test_a_chat_providers_error_reaches_the_client_in_anthropics_shape(
     assert info.value.status_code == 400
     assert info.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
     assert "Invalid model" in info.value.body["error"]["message"]  # type: ignore[index]
+
+
+def test_count_tokens_for_a_chat_provider_is_estimated_by_detour(
+    tmp_path: Path, mock_factory: Callable[[str], MockProvider], mitmdump_factory: Callable[..., Mitmdump]
+) -> None:
+    client, _, backup, _ = serve(tmp_path, mock_factory, mitmdump_factory)
+    raw = client.messages.with_raw_response.count_tokens(model="claude-sonnet-4", messages=[{"role": "user", "content": "hi " * 400}])  # noqa: E501
+    assert raw.headers["x-detour-provider"] == "backup"
+    assert 250 <= raw.parse().input_tokens <= 450  # four bytes a token: an estimate, documented so
+    assert backup.count("/v1/") == 0  # nothing was sent to the provider
