@@ -886,7 +886,11 @@ class Exchange:
 
     def _complete_events(self, attempt: Attempt, data: bytes) -> bytes:
         """What of a streamed answer can go to the client now: whole events only (so a key echoed in
-        an event is seen whole and masked), or the raw chunk for a stream that isn't an event stream."""
+        an event is seen whole and masked), or the raw chunk for a stream that isn't an event stream.
+        A translated stream is written anew from the events the watch has just parsed."""
+        translation, watch = attempt.translation, attempt.watch
+        if translation is not None and watch is not None:
+            return self._spliced(attempt, translation.from_events(watch.last), translated=True)
         if attempt.watch is None:
             return self._redacted(data)
         buffered = attempt.pending + data if attempt.pending else data

@@ -120,12 +120,13 @@ class StreamWatch:
     """Follows one streamed answer: did it end as its dialect says a complete answer ends, did it
     report an error, has content begun? Fed the raw chunks exactly as they arrive."""
 
-    __slots__ = ("_dialect", "_parser", "content_started", "error", "events", "finished", "terminal")
+    __slots__ = ("_dialect", "_parser", "content_started", "error", "events", "finished", "last", "terminal")
 
     def __init__(self, dialect: Dialect) -> None:
         self._dialect = dialect
         self._parser = SSEParser()
         self.events = 0
+        self.last: list[SSEEvent] = []
         self.content_started = False
         self.finished = False
         self.terminal = False
@@ -133,7 +134,9 @@ class StreamWatch:
         self.error: str | None = None
 
     def feed(self, chunk: bytes) -> None:
-        for event in self._parser.feed(chunk):
+        #: The events this chunk completed (a translation reads them instead of parsing again).
+        self.last = self._parser.feed(chunk)
+        for event in self.last:
             self.events += 1
             kind = self._dialect.classify_event(event)
             if kind is EventKind.OTHER:

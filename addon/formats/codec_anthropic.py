@@ -189,6 +189,13 @@ def _usage(usage: Usage) -> dict[str, object]:
     }
 
 
+#: The event a stream is mostly made of, written without building a document for each.
+_TEXT_DELTA = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+    b'"delta":{"type":"text_delta","text":%s}}\n\n'
+)
+
+
 def _event(name: str, document: dict[str, object]) -> bytes:
     return f"event: {name}\ndata: {dumps(document)}\n\n".encode()
 
@@ -225,9 +232,7 @@ class StreamWriter:
                 "delta": {"type": "thinking_delta", "thinking": event.text}})  # fmt: skip
         elif isinstance(event, TextDelta) and event.text:
             self.text_begun = True
-            out += self._open("text") + _event("content_block_delta", {
-                "type": "content_block_delta", "index": self.index,
-                "delta": {"type": "text_delta", "text": event.text}})  # fmt: skip
+            out += self._open("text") + _TEXT_DELTA % (self.index, json.dumps(event.text).encode())
         elif isinstance(event, ToolCallDelta):
             call = self.calls.setdefault(event.index, ToolCallDelta(event.index))
             call.id = call.id or event.id

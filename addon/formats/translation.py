@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from addon.formats import codec_anthropic, codec_chat
 from addon.formats.base import Dialect, error_text
 from addon.formats.documents import json_object
-from addon.formats.sse import SSEParser
+from addon.formats.sse import SSEEvent, SSEParser
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
@@ -103,7 +103,11 @@ class Translation:
 
     def events(self, data: bytes) -> bytes:
         """Whole events of the provider's stream → the client's events."""
-        return b"".join(self._writer.feed(self._reader.read(e)) for e in self._parser.feed(data))
+        return self.from_events(self._parser.feed(data))
+
+    def from_events(self, events: list[SSEEvent]) -> bytes:
+        """The provider's parsed events → the client's events."""
+        return b"".join(self._writer.feed(self._reader.read(e)) for e in events)
 
     def finish(self) -> bytes:
         """The provider's stream ended complete: the client's closing events."""
