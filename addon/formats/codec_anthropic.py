@@ -15,6 +15,8 @@ import json
 from collections.abc import Iterable
 
 from addon.formats.continuation import dumps
+from addon.formats.documents import json_object
+from addon.formats.sse import SSEEvent
 from addon.formats.ir import (
     Began,
     Conversation,
@@ -309,3 +311,141 @@ class StreamWriter:
         ending: dict[str, object] = {"stop_reason": _STOPS[stop], "stop_sequence": None}
         out += _event("message_delta", {"type": "message_delta", "delta": ending, "usage": usage})
         return out + _event("message_stop", {"type": "message_stop"})
+
+
+# --- the other way: Anthropic requests out, Anthropic answers in -----------------------------------
+
+ANTHROPIC_VERSION = "2023-06-01"
+#: Anthropic requires `max_tokens`; a client of another API may leave it out.
+DEFAULT_MAX_TOKENS = 8192
+_BUDGET = {"low": 2048, "medium": 8192, "high": 16384}
+_STOPS_IN = {v: k for k, v in _STOPS.items()} | {"pause_turn": Stop.END}
+
+
+def encode_request(conversation: Conversation) -> dict[str, object]:
+    messages = []
+    for turn in conversation.turns:
+        blocks = [b for b in map(_block, turn.parts) if b is not None]
+        if blocks:
+            messages.append({"role": turn.role, "content": blocks})
+    document: dict[str, object] = {
+        "model": conversation.model,
+        "max_tokens": conversation.max_tokens or DEFAULT_MAX_TOKENS,
+        "messages": messages,
+    }
+    if conversation.system:
+        document["system"] = conversation.system
+    if conversation.reasoning:
+        budget = _BUDGET[conversation.reasoning]
+        document["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        document["max_tokens"] = max(int(str(document["max_tokens"])), budget + 1024)
+    for key, value in (("temperature", conversation.temperature), ("top_p", conversation.top_p)):
+        if value is not None and not conversation.reasoning:  # thinking allows neither
+            document[key] = value
+    if conversation.stop:
+        document["stop_sequences"] = conversation.stop
+    if conversation.tools:
+        document["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.schema}
+                             for t in conversation.tools]  # fmt: skip
+    choice = conversation.tool_choice
+    if choice in ("auto", "none"):
+        document["tool_choice"] = {"type": choice}
+    elif choice == "required":
+        document["tool_choice"] = {"type": "any"}
+    elif choice:
+        document["tool_choice"] = {"type": "tool", "name": choice}
+    if conversation.stream:
+        document["stream"] = True
+    return document
+
+
+def _block(part: Part) -> dict[str, object] | None:
+    if part.kind == "text":
+        return {"type": "text", "text": part.text} if part.text else None
+    if part.kind == "image":
+        return {"type": "image", "source": _source(part.url)}
+    if part.kind == "tool_call":
+        return {"type": "tool_use", "id": part.id, "name": part.name, "input": part.arguments}
+    if part.kind == "tool_result":
+        content = [b for b in map(_block, part.content) if b is not None]
+        return {"type": "tool_result", "tool_use_id": part.id, "content": content, "is_error": part.is_error}
+    return None  # thinking without its signature can't be sent back
+
+
+def _source(url: str) -> dict[str, object]:
+    if url.startswith("data:") and ";base64," in url:
+        media, data = url[5:].split(";base64,", 1)
+        return {"type": "base64", "media_type": media, "data": data}
+    return {"type": "url", "url": url}
+
+
+def usage_in(value: object) -> Usage | None:
+    if not isinstance(value, dict):
+        return None
+    fresh, output, cached = (value.get(k) for k in ("input_tokens", "output_tokens", "cache_read_input_tokens"))
+    return Usage(
+        input=fresh if isinstance(fresh, int) else 0,
+        output=output if isinstance(output, int) else 0,
+        cache_read=cached if isinstance(cached, int) else 0,
+    )
+
+
+def decode_message(document: dict[str, object]) -> Message:
+    parts: list[Part] = []
+    for block in _list(document.get("content")):
+        part = _part(block)
+        if part is not None and part.kind in ("text", "thinking", "tool_call"):
+            parts.append(part)
+    return Message(
+        id=str(document.get("id") or ""),
+        model=str(document.get("model") or ""),
+        parts=parts,
+        stop=_STOPS_IN.get(str(document.get("stop_reason"))),
+        usage=usage_in(document.get("usage")) or Usage(),
+    )
+
+
+class StreamReader:
+    """Anthropic events → the intermediate form's events (tool input streams as argument pieces)."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, str] = {}  # index → block type
+        self.usage = Usage()
+
+    def read(self, event: SSEEvent) -> list[StreamEvent]:
+        document = json_object(event.data)
+        if document is None:
+            return []
+        kind = document.get("type")
+        index = document.get("index")
+        index = index if isinstance(index, int) else 0
+        if kind == "message_start":
+            message = document.get("message")
+            message = message if isinstance(message, dict) else {}
+            self.usage = usage_in(message.get("usage")) or Usage()
+            return [Began(str(message.get("id") or ""), str(message.get("model") or ""))]
+        if kind == "content_block_start":
+            block = document.get("content_block")
+            block = block if isinstance(block, dict) else {}
+            self.blocks[index] = str(block.get("type"))
+            if block.get("type") == "tool_use":
+                return [ToolCallDelta(index, str(block.get("id") or ""), str(block.get("name") or ""))]
+            return []
+        if kind == "content_block_delta":
+            delta = document.get("delta")
+            delta = delta if isinstance(delta, dict) else {}
+            if delta.get("type") == "text_delta":
+                return [TextDelta(str(delta.get("text") or ""))]
+            if delta.get("type") == "thinking_delta":
+                return [ThinkingDelta(str(delta.get("thinking") or ""))]
+            if delta.get("type") == "input_json_delta":
+                return [ToolCallDelta(index, arguments=str(delta.get("partial_json") or ""))]
+            return []
+        if kind == "message_delta":
+            delta = document.get("delta")
+            stop = delta.get("stop_reason") if isinstance(delta, dict) else None
+            late = usage_in(document.get("usage"))
+            if late is not None:  # cumulative: the output so far, and the input again on some servers
+                self.usage = Usage(late.input or self.usage.input, late.output, late.cache_read or self.usage.cache_read)
+            return [Finished(_STOPS_IN.get(str(stop)), self.usage)]
+        return []

@@ -25,7 +25,9 @@ from addon.formats.ir import (
     StreamEvent,
     TextDelta,
     ThinkingDelta,
+    Tool,
     ToolCallDelta,
+    Turn,
     Usage,
 )
 from addon.formats.sse import SSEEvent
@@ -297,3 +299,201 @@ class StreamReader:
 
     def flush(self) -> list[StreamEvent]:
         return self.inline.flush()
+
+
+# --- the other way: Chat requests in, Chat answers out ---------------------------------------------
+
+
+def decode_request(document: dict[str, object]) -> Conversation:
+    """A Chat Completions request; ValueError when it isn't one (or asks for several choices)."""
+    messages = document.get("messages")
+    if not isinstance(messages, list):
+        raise ValueError("no messages")
+    if document.get("n") not in (None, 1):
+        raise ValueError("several choices (n > 1) have no equivalent")
+    system: list[str] = []
+    turns: list[Turn] = []
+    for message in (m for m in messages if isinstance(m, dict)):
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system.append(_text_of(message.get("content")))
+        elif role == "tool":
+            result = Part("tool_result", id=str(message.get("tool_call_id") or ""),
+                          content=[Part("text", text=_text_of(message.get("content")))])  # fmt: skip
+            _append(turns, "user", [result])
+        elif role == "assistant":
+            _append(turns, "assistant", _assistant_parts(message))
+        else:
+            _append(turns, "user", _user_parts(message.get("content")))
+    offered = document.get("tools")
+    listed = offered if isinstance(offered, list) else []
+    tools = [_tool_in(t) for t in listed if isinstance(t, dict) and t.get("type") == "function"]
+    limit = document.get("max_completion_tokens") or document.get("max_tokens")
+    stop = document.get("stop")
+    effort = document.get("reasoning_effort")
+    return Conversation(
+        model=str(document.get("model") or ""),
+        system="\n\n".join(s for s in system if s),
+        turns=turns,
+        tools=tools,
+        tool_choice=_choice_in(document.get("tool_choice")),
+        max_tokens=limit if isinstance(limit, int) else None,
+        temperature=_number(document.get("temperature")),
+        top_p=_number(document.get("top_p")),
+        stop=[stop] if isinstance(stop, str) else [s for s in stop if isinstance(s, str)] if isinstance(stop, list) else [],
+        stream=document.get("stream") is True,
+        reasoning=effort if effort in ("low", "medium", "high") else None,
+    )
+
+
+def _append(turns: list[Turn], role: str, parts: list[Part]) -> None:
+    """Consecutive messages of one role become one turn (Anthropic requires roles to alternate)."""
+    if turns and turns[-1].role == role:
+        turns[-1].parts += parts
+    else:
+        turns.append(Turn(role, parts))
+
+
+def _text_of(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def _user_parts(content: object) -> list[Part]:
+    if isinstance(content, str):
+        return [Part("text", text=content)]
+    parts: list[Part] = []
+    for piece in content if isinstance(content, list) else []:
+        if not isinstance(piece, dict):
+            continue
+        if piece.get("type") == "text":
+            parts.append(Part("text", text=str(piece.get("text") or "")))
+        elif piece.get("type") == "image_url":
+            image = piece.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if isinstance(url, str) and url:
+                parts.append(Part("image", url=url))
+    return parts
+
+
+def _assistant_parts(message: dict[str, object]) -> list[Part]:
+    parts = [Part("text", text=_text_of(message.get("content")))] if _text_of(message.get("content")) else []
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        if isinstance(call, dict) and isinstance(call.get("function"), dict):
+            function = call["function"]
+            arguments = json_object(str(function.get("arguments") or "{}")) or {}
+            parts.append(Part("tool_call", id=str(call.get("id") or ""), name=str(function.get("name") or ""),
+                              arguments=arguments))  # fmt: skip
+    return parts
+
+
+def _tool_in(tool: dict[str, object]) -> Tool:
+    function = tool.get("function")
+    function = function if isinstance(function, dict) else {}
+    schema = function.get("parameters")
+    return Tool(str(function.get("name") or ""), str(function.get("description") or ""),
+                schema if isinstance(schema, dict) else {"type": "object", "properties": {}})  # fmt: skip
+
+
+def _choice_in(value: object) -> str | None:
+    if isinstance(value, str):
+        return value if value in ("auto", "required", "none") else None
+    if isinstance(value, dict) and isinstance(value.get("function"), dict):
+        return str(value["function"].get("name") or "") or None
+    return None
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+_FINISH_OUT = {
+    Stop.END: "stop",
+    Stop.STOP_SEQUENCE: "stop",
+    Stop.MAX_TOKENS: "length",
+    Stop.TOOL_USE: "tool_calls",
+    Stop.REFUSAL: "content_filter",
+}
+
+
+def _usage_out(usage: Usage) -> dict[str, object]:
+    prompt = usage.input + usage.cache_read
+    return {"prompt_tokens": prompt, "completion_tokens": usage.output, "total_tokens": prompt + usage.output,
+            "prompt_tokens_details": {"cached_tokens": usage.cache_read}}  # fmt: skip
+
+
+def encode_message(message: Message, created: int) -> dict[str, object]:
+    text = "".join(p.text for p in message.parts if p.kind == "text")
+    reasoning = "".join(p.text for p in message.parts if p.kind == "thinking")
+    calls = [{"id": p.id, "type": "function", "function": {"name": p.name, "arguments": json.dumps(p.arguments)}}
+             for p in message.parts if p.kind == "tool_call"]  # fmt: skip
+    body: dict[str, object] = {"role": "assistant", "content": text or None}
+    if reasoning:
+        body["reasoning_content"] = reasoning
+    if calls:
+        body["tool_calls"] = calls
+    stop = message.stop or (Stop.TOOL_USE if calls else Stop.END)
+    return {
+        "id": message.id, "object": "chat.completion", "created": created, "model": message.model,
+        "choices": [{"index": 0, "message": body, "finish_reason": _FINISH_OUT[stop], "logprobs": None}],
+        "usage": _usage_out(message.usage),
+    }  # fmt: skip
+
+
+class StreamWriter:
+    """The intermediate form's events as Chat chunks: a role chunk first, content and tool-call
+    deltas as they come, one chunk with the `finish_reason`, a usage chunk, then `[DONE]`."""
+
+    def __init__(self, created: int) -> None:
+        self.created = created
+        self.id = "chatcmpl-detour"
+        self.model = ""
+        self.started = False
+        self.calls: dict[int, int] = {}  # the provider's call index → the client's
+        self.stop: Stop | None = None
+        self.usage = Usage()
+        self.ended = False
+
+    def _chunk(self, delta: dict[str, object], finish: str | None = None) -> bytes:
+        document = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}  # fmt: skip
+        return f"data: {json.dumps(document)}\n\n".encode()
+
+    def feed(self, events: list[StreamEvent]) -> bytes:
+        out = b""
+        for event in events:
+            if isinstance(event, Began):
+                self.id = "chatcmpl-" + event.id.removeprefix("msg_")
+                self.model = event.model
+            if not self.started:
+                self.started = True
+                out += self._chunk({"role": "assistant", "content": ""})
+            if isinstance(event, TextDelta) and event.text:
+                out += self._chunk({"content": event.text})
+            elif isinstance(event, ThinkingDelta) and event.text:
+                out += self._chunk({"reasoning_content": event.text})
+            elif isinstance(event, ToolCallDelta):
+                index = self.calls.setdefault(event.index, len(self.calls))
+                call: dict[str, object] = {"index": index, "function": {"arguments": event.arguments}}
+                if event.id or event.name:
+                    call.update(id=event.id, type="function", function={"name": event.name, "arguments": event.arguments})
+                out += self._chunk({"tool_calls": [call]})
+            elif isinstance(event, Finished):
+                self.stop = event.stop or self.stop
+                self.usage = event.usage or self.usage
+        return out
+
+    def finish(self) -> bytes:
+        if self.ended:
+            return b""
+        self.ended = True
+        out = b"" if self.started else self._chunk({"role": "assistant", "content": ""})
+        stop = self.stop or (Stop.TOOL_USE if self.calls else Stop.END)
+        out += self._chunk({}, _FINISH_OUT[stop])
+        usage = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                 "choices": [], "usage": _usage_out(self.usage)}  # fmt: skip
+        return out + f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode()

@@ -9,34 +9,84 @@ exist; a request one can't represent (another path, a compressed body) skips tha
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from addon.formats import codec_anthropic, codec_chat
 from addon.formats.base import Dialect, error_text
 from addon.formats.documents import json_object
+from addon.formats.ir import Conversation, Message, StreamEvent
 from addon.formats.sse import SSEEvent, SSEParser
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
 
+class Reader(Protocol):
+    def read(self, event: SSEEvent) -> list[StreamEvent]: ...
+
+
+class Writer(Protocol):
+    def feed(self, events: list[StreamEvent]) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One dialect to and from the intermediate form (two per dialect: in and out)."""
+
+    #: The path of its model API.
+    path: str
+    decode_request: Callable[[dict[str, object]], Conversation]
+    #: The request, and the tool names it had to shorten → the client's names.
+    encode_request: Callable[[Conversation], tuple[dict[str, object], dict[str, str]]]
+    decode_message: Callable[[dict[str, object]], Message]
+    encode_message: Callable[[Message], dict[str, object]]
+    reader: Callable[[], Reader]
+    writer: Callable[[dict[str, str]], Writer]
+    #: Fields its API requires that a client of another API doesn't send.
+    headers: Headers = ()
+
+
+CODECS: dict[str, Codec] = {
+    "anthropic": Codec(
+        "/v1/messages",
+        codec_anthropic.decode_request,
+        lambda conversation: (codec_anthropic.encode_request(conversation), {}),
+        codec_anthropic.decode_message,
+        codec_anthropic.encode_message,
+        codec_anthropic.StreamReader,
+        codec_anthropic.StreamWriter,
+        ((b"anthropic-version", codec_anthropic.ANTHROPIC_VERSION.encode()),),
+    ),
+    "openai-chat": Codec(
+        "/v1/chat/completions",
+        codec_chat.decode_request,
+        codec_chat.encode_request,
+        codec_chat.decode_message,
+        lambda message: codec_chat.encode_message(message, created=0),
+        codec_chat.StreamReader,
+        lambda rename: codec_chat.StreamWriter(created=0),
+    ),
+}
+
+
 @dataclass(frozen=True)
 class Direction:
-    """One supported (client dialect, provider dialect) pair and the paths it maps."""
+    """One supported (client dialect, provider dialect) pair."""
 
-    client_paths: tuple[str, ...]
-    provider_path: str
     #: A path Detour answers itself for such a provider, with an estimate (it has no equivalent).
     count_path: str = ""
 
 
 #: (client dialect, provider dialect) → how. Everything else is refused by the config loader.
 TRANSLATIONS: dict[tuple[str, str], Direction] = {
-    ("anthropic", "openai-chat"): Direction(
-        ("/v1/messages",), "/v1/chat/completions", count_path="/v1/messages/count_tokens"
-    ),
+    ("anthropic", "openai-chat"): Direction(count_path="/v1/messages/count_tokens"),
+    ("openai-chat", "anthropic"): Direction(),
 }
 #: Client headers that only mean something to the client's own API.
-_CLIENT_ONLY = (b"anthropic-", b"x-stainless-")
+_CLIENT_ONLY = (b"anthropic-", b"x-stainless-", b"openai-")
 
 
 class NotTranslatable(ValueError):
@@ -54,16 +104,17 @@ class Translation:
         self.client = client
         self.provider = provider
         self.direction = TRANSLATIONS[(client.name, provider.name)]
+        self.inbound, self.outbound = CODECS[client.name], CODECS[provider.name]
         #: Tool names shortened for the provider → the client's names.
         self.rename: dict[str, str] = {}
         self._parser = SSEParser()
-        self._reader = codec_chat.StreamReader()
-        self._writer = codec_anthropic.StreamWriter(self.rename)
+        self._reader = self.outbound.reader()
+        self._writer = self.inbound.writer(self.rename)
 
     def request(self, path: str, headers: Headers, body: bytes) -> tuple[str, Headers, bytes]:
         """The client's request as the provider must get it; NotTranslatable when it can't be."""
         bare = path.split("?", 1)[0]
-        if bare not in self.direction.client_paths:
+        if bare != self.inbound.path:
             raise NotTranslatable(f"{bare} has no {self.provider.name} equivalent")
         if any(n == b"content-encoding" and v.strip().lower() not in (b"", b"identity") for n, v in headers):
             raise NotTranslatable("a compressed request body can't be translated")
@@ -71,13 +122,14 @@ class Translation:
         if document is None:
             raise NotTranslatable("the request body is not a JSON object")
         try:
-            conversation = codec_anthropic.decode_request(document)
+            conversation = self.inbound.decode_request(document)
         except ValueError as e:
             raise NotTranslatable(str(e)) from None
-        translated, renamed = codec_chat.encode_request(conversation)
+        translated, renamed = self.outbound.encode_request(conversation)
         self.rename.update(renamed)
         kept = tuple((n, v) for n, v in headers if not n.startswith(_CLIENT_ONLY) and n != b"content-length")
-        return self.direction.provider_path, kept, json.dumps(translated, ensure_ascii=True).encode()
+        body = json.dumps(translated, ensure_ascii=True).encode()
+        return self.outbound.path, kept + self.outbound.headers, body
 
     def local_answer(self, path: str, body: bytes) -> bytes | None:
         """The answer Detour gives itself to a request the provider has no equivalent for: a token
@@ -94,10 +146,10 @@ class Translation:
         the provider's message (the status is kept by the caller)."""
         document = json_object(body)
         if 200 <= status < 300 and document is not None:
-            message = codec_chat.decode_message(document)
+            message = self.outbound.decode_message(document)
             for part in message.parts:
                 part.name = self.rename.get(part.name, part.name)
-            return json.dumps(codec_anthropic.encode_message(message)).encode()
+            return json.dumps(self.inbound.encode_message(message)).encode()
         message_text = error_text(body) or body[:500].decode("utf-8", "replace") or f"http {status}"
         return self.client.error_body(status, f"{self.provider.name} provider: {message_text}")
 
@@ -111,7 +163,9 @@ class Translation:
 
     def finish(self) -> bytes:
         """The provider's stream ended complete: the client's closing events."""
-        return self._writer.feed(self._reader.flush()) + self._writer.finish()
+        flush = getattr(self._reader, "flush", None)
+        held = self._writer.feed(flush()) if flush is not None else b""
+        return held + self._writer.finish()
 
 
 def translation_for(

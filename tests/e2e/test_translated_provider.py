@@ -96,3 +96,32 @@ def test_count_tokens_for_a_chat_provider_is_estimated_by_detour(
     assert raw.headers["x-detour-provider"] == "backup"
     assert 250 <= raw.parse().input_tokens <= 450  # four bytes a token: an estimate, documented so
     assert backup.count("/v1/") == 0  # nothing was sent to the provider
+
+
+def test_an_openai_chat_client_is_served_by_an_anthropic_provider(
+    tmp_path: Path, mock_factory: Callable[[str], MockProvider], mitmdump_factory: Callable[..., Mitmdump]
+) -> None:
+    import openai
+
+    primary, backup = mock_factory("primary"), mock_factory("backup")
+    queue = [
+        configs.provider("primary", primary.base_url),
+        configs.provider("backup", backup.base_url, configs.BACKUP_KEY_ENV, api="anthropic",
+                         models={"gpt-*": "claude-sonnet-4"}),
+    ]  # fmt: skip
+    config = configs.write(tmp_path / "config.yaml", configs.config({"codex": configs.app("api.openai.com", queue)}))  # noqa: E501
+    port = free_port()
+    mitmdump_factory(config, reverse={port: "https://api.openai.com"}, env=configs.KEY_ENV)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=configs.CLIENT_KEY, max_retries=0, timeout=15)  # noqa: E501
+    primary.fault("status", status=503)
+    messages: Any = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    with client.chat.completions.stream(model="gpt-5", messages=messages) as stream:
+        completion = stream.get_final_completion()
+    assert completion.choices[0].message.content == "hello from backup"
+    assert completion.choices[0].finish_reason == "stop"
+    whole = client.chat.completions.create(model="gpt-5", messages=messages)
+    assert whole.choices[0].message.content == "hello from backup"
+    sent = [r for r in backup.received if r.path == "/v1/messages"]
+    assert len(sent) == 2 and all(r.headers["x-api-key"] == configs.KEY_B for r in sent)
+    assert sent[0].json["system"] == "Be brief." and sent[0].json["model"] == "claude-sonnet-4"
+    assert sent[0].headers["anthropic-version"] == "2023-06-01" and "authorization" not in sent[0].headers
