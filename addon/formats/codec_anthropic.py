@@ -16,7 +16,6 @@ from collections.abc import Iterable
 
 from addon.formats.continuation import dumps
 from addon.formats.documents import json_object
-from addon.formats.sse import SSEEvent
 from addon.formats.ir import (
     Began,
     Conversation,
@@ -32,6 +31,7 @@ from addon.formats.ir import (
     Turn,
     Usage,
 )
+from addon.formats.sse import SSEEvent
 
 #: Claude Code starts its system prompt with a line that changes on every request.
 BILLING_LINE = "x-anthropic-billing-header"
@@ -382,7 +382,9 @@ def _source(url: str) -> dict[str, object]:
 def usage_in(value: object) -> Usage | None:
     if not isinstance(value, dict):
         return None
-    fresh, output, cached = (value.get(k) for k in ("input_tokens", "output_tokens", "cache_read_input_tokens"))
+    fresh, output, cached = (
+        value.get(k) for k in ("input_tokens", "output_tokens", "cache_read_input_tokens")
+    )
     return Usage(
         input=fresh if isinstance(fresh, int) else 0,
         output=output if isinstance(output, int) else 0,
@@ -446,6 +448,8 @@ class StreamReader:
             stop = delta.get("stop_reason") if isinstance(delta, dict) else None
             late = usage_in(document.get("usage"))
             if late is not None:  # cumulative: the output so far, and the input again on some servers
-                self.usage = Usage(late.input or self.usage.input, late.output, late.cache_read or self.usage.cache_read)
+                self.usage = Usage(
+                    late.input or self.usage.input, late.output, late.cache_read or self.usage.cache_read
+                )
             return [Finished(_STOPS_IN.get(str(stop)), self.usage)]
         return []

@@ -201,7 +201,6 @@ class InlineThinking:
         out: list[StreamEvent] = [ThinkingDelta(thought)] if thought else []
         return out + ([TextDelta(rest)] if rest else [])
 
-
     def flush(self) -> list[StreamEvent]:
         """The content ended: what is still held goes out as what it was."""
         pending, self.pending = self.pending, ""
@@ -340,7 +339,11 @@ def decode_request(document: dict[str, object]) -> Conversation:
         max_tokens=limit if isinstance(limit, int) else None,
         temperature=_number(document.get("temperature")),
         top_p=_number(document.get("top_p")),
-        stop=[stop] if isinstance(stop, str) else [s for s in stop if isinstance(s, str)] if isinstance(stop, list) else [],
+        stop=[stop]
+        if isinstance(stop, str)
+        else [s for s in stop if isinstance(s, str)]
+        if isinstance(stop, list)
+        else [],
         stream=document.get("stream") is True,
         reasoning=effort if effort in ("low", "medium", "high") else None,
     )
@@ -358,7 +361,9 @@ def _text_of(content: object) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return "".join(
+            str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
     return ""
 
 
@@ -429,8 +434,11 @@ def _usage_out(usage: Usage) -> dict[str, object]:
 def encode_message(message: Message, created: int) -> dict[str, object]:
     text = "".join(p.text for p in message.parts if p.kind == "text")
     reasoning = "".join(p.text for p in message.parts if p.kind == "thinking")
-    calls = [{"id": p.id, "type": "function", "function": {"name": p.name, "arguments": json.dumps(p.arguments)}}
-             for p in message.parts if p.kind == "tool_call"]  # fmt: skip
+    calls = [
+        {"id": p.id, "type": "function", "function": {"name": p.name, "arguments": json.dumps(p.arguments)}}
+        for p in message.parts
+        if p.kind == "tool_call"
+    ]
     body: dict[str, object] = {"role": "assistant", "content": text or None}
     if reasoning:
         body["reasoning_content"] = reasoning
@@ -458,9 +466,13 @@ class StreamWriter:
         self.usage = Usage()
         self.ended = False
 
+    def _envelope(self) -> dict[str, object]:
+        chunk = "chat.completion.chunk"
+        return {"id": self.id, "object": chunk, "created": self.created, "model": self.model}
+
     def _chunk(self, delta: dict[str, object], finish: str | None = None) -> bytes:
-        document = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}  # fmt: skip
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        document = {**self._envelope(), "choices": [choice]}
         return f"data: {json.dumps(document)}\n\n".encode()
 
     def feed(self, events: list[StreamEvent]) -> bytes:
@@ -480,7 +492,11 @@ class StreamWriter:
                 index = self.calls.setdefault(event.index, len(self.calls))
                 call: dict[str, object] = {"index": index, "function": {"arguments": event.arguments}}
                 if event.id or event.name:
-                    call.update(id=event.id, type="function", function={"name": event.name, "arguments": event.arguments})
+                    call.update(
+                        id=event.id,
+                        type="function",
+                        function={"name": event.name, "arguments": event.arguments},
+                    )
                 out += self._chunk({"tool_calls": [call]})
             elif isinstance(event, Finished):
                 self.stop = event.stop or self.stop
@@ -494,6 +510,5 @@ class StreamWriter:
         out = b"" if self.started else self._chunk({"role": "assistant", "content": ""})
         stop = self.stop or (Stop.TOOL_USE if self.calls else Stop.END)
         out += self._chunk({}, _FINISH_OUT[stop])
-        usage = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                 "choices": [], "usage": _usage_out(self.usage)}  # fmt: skip
+        usage = {**self._envelope(), "choices": [], "usage": _usage_out(self.usage)}
         return out + f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode()

@@ -384,7 +384,8 @@ ERRORS = [
      f"{P1}.base_ulr: unknown key (expected one of: api, api_key, auth, base_url, breaker, enabled, id, "
      "models)"),
     (backup(api="gemini"),
-     f"{P1}.api: Detour can't translate anthropic requests to gemini yet (it can: anthropic -> openai-chat)"),
+     f"{P1}.api: Detour can't translate anthropic requests to gemini yet (it can: anthropic -> openai-chat, "
+     "openai-chat -> anthropic)"),
     (claude(providers=[{"id": "p", "base_url": "https://a.example"},
                        {"id": "chat", "base_url": "http://127.0.0.1:8000", "api": "openai-chat"}]),
      "apps.claude.providers[1].api_key: is required for a provider with api: openai-chat (the "
