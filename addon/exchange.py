@@ -39,6 +39,7 @@ from addon import codecs
 from addon.breaker import Permit
 from addon.classify import ErrorKind, Outcome, Verdict, classify_error, classify_status
 from addon.formats import DIALECTS, Dialect, StreamWatch
+from addon.formats.codec_anthropic import without_unsigned_thinking
 from addon.formats.continuation import Restarted, Splicer, Transcript
 from addon.formats.translation import NotTranslatable, Translation, translation_for
 from addon.model import App, Provider, Timeouts
@@ -495,6 +496,10 @@ class Exchange:
         except NotTranslatable as e:
             self.failed.append(FailedAttempt(event.provider.id, f"not sendable: {e}"))
             return [*actions, Release(attempt), Pick()]
+        if attempt.translation is None and self.dialect.name == "anthropic":
+            # Thinking a translated provider produced has no signature, which Anthropic rejects in a
+            # conversation's history: the blocks go, the rest of the request stays as sent.
+            attempt.body_override = without_unsigned_thinking(attempt.body_override or self.body)
         local = attempt.translation.local_answer(self.path, self.body) if attempt.translation else None
         if local is not None:  # nothing to ask the provider: no attempt, no charge
             headers = self._client_headers((_JSON_TYPE,), event.provider)
@@ -566,10 +571,12 @@ class Exchange:
                 why = f"stream sent with content-encoding {coding} (Detour asks for identity)"
                 unreadable = classify_error(ErrorKind.UNREADABLE, why)
                 return [Abort(attempt), *self._end_attempt(attempt, unreadable)]
+            if attempt.watch is None and (self._continuing is not None or attempt.translation is not None):
+                # Neither can be spliced or translated event by event: never pass it on as it is.
+                why = "continued" if self._continuing is not None else "a translated stream"
+                unreadable = classify_error(ErrorKind.UNREADABLE, f"{why} answered without an event stream")
+                return [Abort(attempt), *self._failed(attempt, unreadable), Pick()]
             if self._continuing is not None:
-                if attempt.watch is None:
-                    unreadable = classify_error(ErrorKind.UNREADABLE, "continued with no event stream")
-                    return [Abort(attempt), *self._failed(attempt, unreadable), Pick()]
                 attempt.streaming = True
                 attempt.splicer = self.dialect.splicer(self._continuing)
                 return []
@@ -696,6 +703,14 @@ class Exchange:
                 self._last_failure = self._for_client(attempt, answer)
                 why = f"http {answer.status}: too long for this provider's context window"
                 return [*self._failed(attempt, Verdict(Outcome.CONTEXT_EXCEEDED, why, answer.status)), Pick()]
+        if verdict.outcome is Outcome.SUCCESS and attempt.translation is not None:
+            whole = self.readable(Answer(attempt.status or 200, attempt.headers, bytes(attempt.body)))
+            hidden = attempt.translation.failure(whole.status, self._redacted(whole.body))
+            if hidden is not None:
+                verdict = classify_error(ErrorKind.STREAM_ERROR, hidden)
+                # If nobody does better, the client hears what the provider said, as a 502.
+                said = self.dialect.error_body(502, self._masked(verdict).reason)
+                self._last_failure = Answer(502, (_JSON_TYPE,), said)
         if verdict.fails_over:
             if attempt.status_verdict is not None and attempt.status_verdict.fails_over:
                 failure = Answer(attempt.status or 502, attempt.headers, bytes(attempt.body))
@@ -857,7 +872,8 @@ class Exchange:
         another one, a JSON document either way."""
         if attempt.translation is None:
             return answer
-        body = attempt.translation.answer(answer.status, answer.body)
+        # Masked before translation, which may shorten an error text (a key cut in half would pass).
+        body = attempt.translation.answer(answer.status, self._redacted(answer.body))
         headers = (*((n, v) for n, v in answer.headers if n != b"content-type"), _JSON_TYPE)
         return Answer(answer.status, headers, body)
 

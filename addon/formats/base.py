@@ -105,6 +105,16 @@ def json_true(body: bytes, key: bytes) -> bool:
     return False
 
 
+def readable_error(data: str) -> str:
+    """An in-stream error event's text with its JSON escapes resolved, so masking sees a key however
+    the provider spelled it (and with no lone surrogate left, which nothing downstream could store)."""
+    document = json_object(data)
+    if document is None:
+        return data
+    text = json.dumps(document, ensure_ascii=False)
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def error_text(body: bytes) -> str:
     """An error body's code, type, status and message joined, for matching (empty if not JSON)."""
     document = json_object(body)
@@ -150,7 +160,7 @@ class StreamWatch:
                 self.finished = True
                 self.content_started = True
             elif self.error is None:
-                self.error = event.data[:ERROR_KEPT]
+                self.error = readable_error(event.data)[:ERROR_KEPT]
 
     @property
     def complete(self) -> bool:

@@ -191,6 +191,9 @@ def _usage(usage: Usage) -> dict[str, object]:
     }
 
 
+#: While tool calls accumulate, a ping every this many pieces of them.
+PING_EVERY = 16
+_PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 #: The event a stream is mostly made of, written without building a document for each.
 _TEXT_DELTA = (
     b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
@@ -220,6 +223,7 @@ class StreamWriter:
         self.stop: Stop | None = None
         self.usage = Usage()
         self.ended = False
+        self.pieces = 0
 
     def feed(self, events: Iterable[StreamEvent]) -> bytes:
         return b"".join(self._one(e) for e in events)
@@ -240,6 +244,9 @@ class StreamWriter:
             call.id = call.id or event.id
             call.name = call.name or event.name
             call.arguments += event.arguments
+            self.pieces += 1
+            if self.pieces % PING_EVERY == 0:  # the calls are written at the end: show life meanwhile
+                out += _PING
         elif isinstance(event, Finished):
             self.stop = event.stop or self.stop
             if event.usage is not None:
@@ -288,12 +295,16 @@ class StreamWriter:
             return b""
         self.ended = True
         out = (b"" if self.started else self._begin("msg_detour", "")) + self._close()
+        written = 0
         for n, call in enumerate(sorted(self.calls.values(), key=lambda c: c.index)):
-            self.index += 1
             try:
                 arguments = json.loads(call.arguments) if call.arguments.strip() else {}
             except ValueError:
-                arguments = {}
+                continue  # cut short (a token limit): never hand a client a call it would run without input
+            if not isinstance(arguments, dict):
+                continue
+            written += 1
+            self.index += 1
             name = self.rename.get(call.name, call.name)
             block = {"type": "tool_use", "id": call.id or f"toolu_detour_{n}", "name": name, "input": {}}
             out += _event(
@@ -305,7 +316,9 @@ class StreamWriter:
                 "content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta}
             )
             out += _event("content_block_stop", {"type": "content_block_stop", "index": self.index})
-        stop = self.stop or (Stop.TOOL_USE if self.calls else Stop.END)
+        stop = self.stop or (Stop.TOOL_USE if written else Stop.END)
+        if stop is Stop.TOOL_USE and not written:
+            stop = Stop.MAX_TOKENS
         usage = {"input_tokens": self.usage.input, "output_tokens": self.usage.output,
                  "cache_read_input_tokens": self.usage.cache_read}  # fmt: skip
         ending: dict[str, object] = {"stop_reason": _STOPS[stop], "stop_sequence": None}
@@ -453,3 +466,31 @@ class StreamReader:
                 )
             return [Finished(_STOPS_IN.get(str(stop)), self.usage)]
         return []
+
+
+_UNSIGNED = (b'"signature":""', b'"signature": ""')
+
+
+def without_unsigned_thinking(body: bytes) -> bytes | None:
+    """The request without thinking blocks whose signature is empty (a translated provider wrote them;
+    Anthropic rejects them even in past turns), or None when it has none (nearly always: one substring
+    test, the body isn't parsed)."""
+    if not any(marker in body for marker in _UNSIGNED):
+        return None
+    document = json_object(body)
+    messages = document.get("messages") if document is not None else None
+    if document is None or not isinstance(messages, list):
+        return None
+    changed = False
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            kept = [b for b in content if not _unsigned(b)]
+            if kept and len(kept) != len(content):
+                message["content"] = kept
+                changed = True
+    return json.dumps(document).encode() if changed else None
+
+
+def _unsigned(block: object) -> bool:
+    return isinstance(block, dict) and block.get("type") == "thinking" and not block.get("signature")

@@ -232,7 +232,8 @@ def decode_message(document: dict[str, object]) -> Message:
             if isinstance(event, ThinkingDelta | TextDelta):
                 kind = "thinking" if isinstance(event, ThinkingDelta) else "text"
                 parts.append(Part(kind, text=event.text))
-    for call in message.get("tool_calls") or []:
+    listed = message.get("tool_calls")
+    for call in listed if isinstance(listed, list) else []:
         if isinstance(call, dict) and isinstance(call.get("function"), dict):
             function = call["function"]
             arguments = json_object(str(function.get("arguments") or "{}")) or {}
@@ -278,7 +279,8 @@ class StreamReader:
                 out.append(ThinkingDelta(reasoning))
             if isinstance(delta.get("content"), str) and delta["content"]:
                 out += self.inline.split(str(delta["content"]))
-            for call in delta.get("tool_calls") or []:
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else []:
                 if not isinstance(call, dict):
                     continue
                 function = call.get("function")
@@ -289,8 +291,8 @@ class StreamReader:
                 piece.arguments = str(function.get("arguments") or "")
                 out.append(piece)
             finish = choice.get("finish_reason")
-            if isinstance(finish, str) and finish:
-                out.append(Finished(stop=_FINISH.get(finish, Stop.END)))
+            if isinstance(finish, str) and finish in _FINISH:  # "error" and the unknown: the watch decides
+                out.append(Finished(stop=_FINISH[finish]))
         usage = usage_of(document)
         if usage is not None:
             out.append(Finished(usage=usage))

@@ -15,8 +15,10 @@ from addon.formats.continuation import Splicer, Transcript, documents, dumps, wi
 from addon.formats.documents import json_object
 from addon.formats.sse import SSEEvent
 
-#: A `finish_reason` with a string value (not null): the chunk that ends a choice.
-_FINISHED = re.compile(r'"finish_reason"\s*:\s*"')
+#: A `finish_reason` with a non-empty string value: the chunk that ends a choice.
+_FINISHED = re.compile(r'"finish_reason"\s*:\s*"[^"]')
+#: OpenRouter reports a failure mid-stream with `"finish_reason": "error"` (and an `error` member).
+_FINISHED_IN_ERROR = re.compile(r'"finish_reason"\s*:\s*"error"')
 #: OpenAI's `context_length_exceeded`, and the "maximum context length is N tokens" message of
 #: OpenAI-compatible servers (vLLM, llama.cpp, DeepSeek...).
 OPENAI_CONTEXT_EXCEEDED = re.compile(
@@ -62,12 +64,12 @@ class OpenAIChat(Dialect):
         if data == "[DONE]":
             return EventKind.TERMINAL
         # Cheap substring tests first: this runs for every chunk of every stream.
-        if '"error"' in data[:20]:
+        if '"error"' in data:  # anywhere: OpenRouter puts it after the chunk's id
             document = json_object(data)
-            if document is not None and "error" in document:
+            if document is not None and document.get("error"):
                 return EventKind.ERROR
         if '"finish_reason"' in data and _FINISHED.search(data):
-            return EventKind.FINISHED
+            return EventKind.ERROR if _FINISHED_IN_ERROR.search(data) else EventKind.FINISHED
         if '"content"' in data or '"tool_calls"' in data or '"reasoning' in data:
             return EventKind.CONTENT
         return EventKind.OTHER

@@ -123,12 +123,14 @@ class Translation:
             raise NotTranslatable("the request body is not a JSON object")
         try:
             conversation = self.inbound.decode_request(document)
+            translated, renamed = self.outbound.encode_request(conversation)
+            body = json.dumps(translated, ensure_ascii=True).encode()
         except ValueError as e:
             raise NotTranslatable(str(e)) from None
-        translated, renamed = self.outbound.encode_request(conversation)
+        except RecursionError:
+            raise NotTranslatable("the request nests too deeply to translate") from None
         self.rename.update(renamed)
         kept = tuple((n, v) for n, v in headers if not n.startswith(_CLIENT_ONLY) and n != b"content-length")
-        body = json.dumps(translated, ensure_ascii=True).encode()
         return self.outbound.path, kept + self.outbound.headers, body
 
     def local_answer(self, path: str, body: bytes) -> bytes | None:
@@ -138,8 +140,25 @@ class Translation:
             return None
         document = json_object(body) or {}
         counted = [document.get(k) for k in ("system", "messages", "tools")]
-        size = len(json.dumps(counted, ensure_ascii=False).encode())
+        try:
+            size = len(json.dumps(counted))  # ASCII: escapes stand in for what isn't (a rough estimate)
+        except RecursionError:
+            size = len(body)
         return json.dumps({"input_tokens": max(1, size // 4)}).encode()
+
+    def failure(self, status: int, body: bytes) -> str | None:
+        """Why a 2xx whole answer is in fact a failure (an error document with no answer in it), or
+        None: it must fail over, not become an empty message."""
+        document = json_object(body)
+        if not 200 <= status < 300:
+            return None
+        if document is None:
+            return "a 2xx answer that is not a JSON object"
+        error = document.get("error")
+        if error and "choices" not in document and "content" not in document:
+            message = error_text(body) or "an error"
+            return f"a {status} answer carrying an error: {message}"
+        return None
 
     def answer(self, status: int, body: bytes) -> bytes:
         """A whole answer in the client's dialect: a success translated, an error in its shape with
