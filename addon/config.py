@@ -452,9 +452,9 @@ class _Parser:
         if value is None:
             return None
         api = _choice(at, value, DIALECTS)
-        if DIALECTS[api].family == shape:
-            return None  # the app's own family: the request's path picks the dialect, as for any provider
         clients = [d.name for d in FAMILIES[shape]]
+        if DIALECTS[api].family == shape and not any((c, api) in TRANSLATIONS for c in clients):
+            return None  # the app's own family: the request's path picks the dialect, as for any provider
         if not any(supported(c, api) for c in clients):
             ways = ", ".join(f"{c} -> {p}" for c, p in TRANSLATIONS)
             raise at.error(f"Detour can't translate {shape} requests to {api} yet (it can: {ways})")
@@ -506,7 +506,8 @@ class _Parser:
             missing += [name for name in missing_key if name not in missing]
             unsafe += [name for name in unsafe_key if name not in unsafe]
         api = self.provider_api(at.key("api"), spec.get("api"), shape)
-        if api is not None and ("api_key" not in spec or str(spec["api_key"]).strip().lower() == _NO_KEY):
+        other_family = api is not None and DIALECTS[api].family != shape
+        if other_family and ("api_key" not in spec or str(spec["api_key"]).strip().lower() == _NO_KEY):
             # The client's credentials are for its own API's vendor: never hand them to another.
             raise at.key("api_key").error(
                 f"is required for a provider with api: {api} (the client's own credentials are for "

@@ -496,6 +496,12 @@ class Exchange:
         except NotTranslatable as e:
             self.failed.append(FailedAttempt(event.provider.id, f"not sendable: {e}"))
             return [*actions, Release(attempt), Pick()]
+        if attempt.translation is not None and self.delivery is Delivery.UPGRADE:
+            # A translated provider is spoken to over HTTP only: the client is told to use it (Codex
+            # falls back at once on 426), and its HTTP request comes back to this same queue.
+            self.failed.append(FailedAttempt(event.provider.id, "no websocket (translated)"))
+            message = f"{event.provider.id} is reached over HTTP only: use HTTP"
+            return [*actions, Release(attempt), self._refuse(426, message, None), self._done(None)]
         if attempt.translation is None and self.dialect.name == "anthropic":
             # Thinking a translated provider produced has no signature, which Anthropic rejects in a
             # conversation's history: the blocks go, the rest of the request stays as sent.

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from addon.formats import codec_anthropic, codec_chat
+from addon.formats import codec_anthropic, codec_chat, codec_responses
 from addon.formats.base import Dialect, error_text
 from addon.formats.documents import json_object
 from addon.formats.ir import Conversation, Message, StreamEvent
@@ -30,6 +30,10 @@ class Writer(Protocol):
     def feed(self, events: list[StreamEvent]) -> bytes: ...
 
     def finish(self) -> bytes: ...
+
+
+def _client_only(*args: object) -> Any:  # pragma: no cover - TRANSLATIONS never asks for it
+    raise NotTranslatable("this dialect is only translated from, never to")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,16 @@ CODECS: dict[str, Codec] = {
         codec_chat.StreamReader,
         lambda rename: codec_chat.StreamWriter(created=0),
     ),
+    # A client's side only: no provider is spoken to in Responses (its reasoning state can't be made up).
+    "openai-responses": Codec(
+        "/v1/responses",
+        codec_responses.decode_request,
+        _client_only,
+        _client_only,
+        codec_responses.encode_message,
+        _client_only,
+        codec_responses.StreamWriter,
+    ),
 }
 
 
@@ -84,6 +98,8 @@ class Direction:
 TRANSLATIONS: dict[tuple[str, str], Direction] = {
     ("anthropic", "openai-chat"): Direction(count_path="/v1/messages/count_tokens"),
     ("openai-chat", "anthropic"): Direction(),
+    ("openai-responses", "openai-chat"): Direction(),
+    ("openai-responses", "anthropic"): Direction(),
 }
 #: Client headers that only mean something to the client's own API.
 _CLIENT_ONLY = (b"anthropic-", b"x-stainless-", b"openai-")
@@ -191,8 +207,10 @@ def translation_for(
     client: Dialect, provider_api: str | None, dialects: dict[str, Dialect]
 ) -> Translation | None:
     """The translation an attempt needs (None when the provider speaks the client's dialect)."""
-    if provider_api is None or provider_api == client.name or dialects[provider_api].family == client.family:
+    if provider_api is None or provider_api == client.name:
         return None
-    if (client.name, provider_api) not in TRANSLATIONS:
-        raise NotTranslatable(f"no translation from {client.name} to {provider_api}")
-    return Translation(client, dialects[provider_api])
+    if (client.name, provider_api) in TRANSLATIONS:
+        return Translation(client, dialects[provider_api])
+    if dialects[provider_api].family == client.family:
+        return None  # the family's other dialect: the provider is asked in the client's own
+    raise NotTranslatable(f"no translation from {client.name} to {provider_api}")

@@ -385,7 +385,7 @@ ERRORS = [
      "models)"),
     (backup(api="gemini"),
      f"{P1}.api: Detour can't translate anthropic requests to gemini yet (it can: anthropic -> openai-chat, "
-     "openai-chat -> anthropic)"),
+     "openai-chat -> anthropic, openai-responses -> openai-chat, openai-responses -> anthropic)"),
     (claude(providers=[{"id": "p", "base_url": "https://a.example"},
                        {"id": "chat", "base_url": "http://127.0.0.1:8000", "api": "openai-chat"}]),
      "apps.claude.providers[1].api_key: is required for a provider with api: openai-chat (the "
