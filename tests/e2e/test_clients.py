@@ -200,7 +200,7 @@ def test_claude_code_runs_a_tool_round_trip_through_an_openai_chat_backup(
     """Issue 13's must-hold: the primary is overloaded, the backup speaks only OpenAI Chat. The model
     (the backup) asks for Claude Code's Read tool; Claude Code runs it, its result goes back as a
     `tool` message with the call's id, and the final answer shows what the tool read."""
-    rig = start(rig_factory, tmp_path, primary_fault=529, backup_api="openai-chat")
+    rig = start(rig_factory, tmp_path, primary_fault=529, backup_apis={"claude": "openai-chat"})
     home = rig.workdir / "home-claude-tool"
     home.mkdir(parents=True)
     note = home / "note.txt"
@@ -218,6 +218,32 @@ def test_claude_code_runs_a_tool_round_trip_through_an_openai_chat_backup(
     results = [m for c in chats for m in c["messages"] if m.get("role") == "tool"]
     assert results and results[-1]["tool_call_id"] == "call_mock_1"
     assert "detour-tool-round-trip-ok" in results[-1]["content"]
+    for rec in rig.backup.received:
+        wire = json.dumps(rec.raw_headers) + rec.body.decode("utf-8", "replace")
+        assert CLIENT_KEY not in wire and rec.headers.get("authorization") == f"Bearer {KEY_B}"
+
+
+def test_codex_runs_a_tool_round_trip_through_an_openai_chat_backup(
+    executables: dict[str, Path], rig_factory: list[clis.Rig], tmp_path: Path
+) -> None:
+    """The same for Codex: its WebSocket is told to use HTTP (the backup is reached over HTTP only),
+    its Responses request is translated to Chat, the model asks for `exec_command`, Codex runs it, and
+    the output goes back as a `tool` message with the call's id."""
+    rig = start(rig_factory, tmp_path, primary_fault=500, backup_apis={"codex": "openai-chat"})
+    home = rig.workdir / "home-codex-tool"
+    rig.backup.fault("tool_round_trip", tool="exec_command", arguments={"cmd": "echo detour-codex-round-trip-ok"})  # noqa: E501
+    # A model Codex knows sends its tools; the sandbox needs bubblewrap, which CI machines may lack.
+    args = ("-m", "gpt-5-codex", "--dangerously-bypass-approvals-and-sandbox")
+    outcome = rig.run("codex", executables["codex"], "base-url", prompt="run echo", home=home, args=args)
+    RUNS.append({"cli": "codex", "mode": "base-url (openai-chat backup, tool)", "primary": "500",
+                 "exit": outcome.returncode, "seconds": round(outcome.seconds, 2)})  # fmt: skip
+    assert outcome.returncode == 0, describe(outcome, rig)
+    assert "the tool said:" in outcome.stdout and "detour-codex-round-trip-ok" in outcome.stdout, describe(outcome, rig)  # noqa: E501
+    chats = [json.loads(r.body) for r in rig.backup.requests_to("/v1/chat/completions")]
+    results = [m for c in chats for m in c["messages"] if m.get("role") == "tool"]
+    assert results and results[-1]["tool_call_id"] == "call_mock_1"
+    assert "detour-codex-round-trip-ok" in results[-1]["content"]
+    assert all(c["model"] == clis.BACKUP_MODELS["codex"][1] for c in chats)
     for rec in rig.backup.received:
         wire = json.dumps(rec.raw_headers) + rec.body.decode("utf-8", "replace")
         assert CLIENT_KEY not in wire and rec.headers.get("authorization") == f"Bearer {KEY_B}"

@@ -138,8 +138,8 @@ class Rig:
     workdir: Path
     primary_fault: int | str | None = None
     backup_websocket: bool = True
-    #: The backup's `api` for the Claude app (e.g. "openai-chat": Detour translates for it).
-    backup_api: str | None = None
+    #: The backup's `api` per CLI (e.g. {"claude": "openai-chat"}: Detour translates for it).
+    backup_apis: dict[str, str] = field(default_factory=dict)
     primary: MockProvider | None = None
     backup: MockProvider = field(init=False)
     md: Mitmdump = field(init=False)
@@ -166,7 +166,7 @@ class Rig:
         apps = {}
         for cli in CLIS.values():
             pattern, model = BACKUP_MODELS[cli.name]
-            translated = {"api": self.backup_api} if self.backup_api and cli.name == "claude" else {}
+            translated = {"api": self.backup_apis[cli.name]} if cli.name in self.backup_apis else {}
             queue = [
                 configs.provider("primary", primary_url, configs.PRIMARY_KEY_ENV),
                 configs.provider(
