@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+from addon.formats.documents import json_object
 from addon.formats.ir import (
     Began,
     Conversation,
@@ -27,6 +28,7 @@ from addon.formats.ir import (
     Turn,
     Usage,
 )
+from addon.formats.sse import SSEEvent
 
 
 def _append(turns: list[Turn], role: str, parts: list[Part]) -> None:
@@ -304,3 +306,161 @@ class StreamWriter:
         status = "incomplete" if self.stop is Stop.MAX_TOKENS else "completed"
         final = _response(self.id, self.model, status, output, self.usage or Usage(), self.stop)
         return out + self._event(f"response.{status}", {"response": final})
+
+
+# --- as a provider: Responses requests out, Responses answers in ------------------------------------
+
+
+def encode_request(conversation: Conversation) -> tuple[dict[str, object], dict[str, str]]:
+    items: list[dict[str, object]] = []
+    for turn in conversation.turns:
+        if turn.role == "assistant":
+            text = "".join(p.text for p in turn.parts if p.kind == "text")
+            if text:
+                items.append(
+                    {
+                        "type": "message",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": text}],
+                    }
+                )
+            items += [
+                {
+                    "type": "function_call",
+                    "call_id": p.id,
+                    "name": p.name,
+                    "arguments": json.dumps(p.arguments),
+                }
+                for p in turn.parts
+                if p.kind == "tool_call"
+            ]
+            continue
+        for part in turn.parts:
+            if part.kind == "tool_result":
+                output = "\n".join(p.text for p in part.content if p.kind == "text")
+                items.append({"type": "function_call_output", "call_id": part.id, "output": output})
+        content: list[dict[str, object]] = []
+        for part in turn.parts:
+            if part.kind == "text":
+                content.append({"type": "input_text", "text": part.text})
+            elif part.kind == "image":
+                content.append({"type": "input_image", "image_url": part.url})
+        if content:
+            items.append({"type": "message", "role": "user", "content": content})
+    document: dict[str, object] = {"model": conversation.model, "input": items, "store": False}
+    if conversation.system:
+        document["instructions"] = conversation.system
+    if conversation.tools:
+        document["tools"] = [
+            {"type": "function", "name": t.name, "description": t.description, "parameters": t.schema}
+            for t in conversation.tools
+        ]
+    choice = conversation.tool_choice
+    if choice in ("auto", "required", "none"):
+        document["tool_choice"] = choice
+    elif choice:
+        document["tool_choice"] = {"type": "function", "name": choice}
+    for key, value in (
+        ("max_output_tokens", conversation.max_tokens),
+        ("temperature", conversation.temperature),
+        ("top_p", conversation.top_p),
+    ):
+        if value is not None:
+            document[key] = value
+    if conversation.reasoning:
+        document["reasoning"] = {"effort": conversation.reasoning, "summary": "auto"}
+    if conversation.stream:
+        document["stream"] = True
+    return document, {}
+
+
+def _usage_in(value: object) -> Usage | None:
+    if not isinstance(value, dict):
+        return None
+    details = value.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    cached = cached if isinstance(cached, int) else 0
+    total_in, output = value.get("input_tokens"), value.get("output_tokens")
+    total_in = total_in if isinstance(total_in, int) else 0
+    return Usage(max(0, total_in - cached), output if isinstance(output, int) else 0, cached)
+
+
+def _stop_of(response: dict[str, object], calls: bool) -> Stop:
+    if response.get("status") == "incomplete":
+        return Stop.MAX_TOKENS
+    return Stop.TOOL_USE if calls else Stop.END
+
+
+def decode_message(document: dict[str, object]) -> Message:
+    parts: list[Part] = []
+    for item in _items(document.get("output")):
+        if item.get("type") == "message":
+            text = "".join(
+                str(c.get("text") or "")
+                for c in _items(item.get("content"))
+                if c.get("type") == "output_text"
+            )
+            if text:
+                parts.append(Part("text", text=text))
+        elif item.get("type") == "function_call":
+            parts.append(
+                Part(
+                    "tool_call",
+                    id=str(item.get("call_id") or ""),
+                    name=str(item.get("name") or ""),
+                    arguments=_arguments(item.get("arguments")),
+                )
+            )
+        elif item.get("type") == "reasoning":
+            summary = "".join(str(s.get("text") or "") for s in _items(item.get("summary")))
+            if summary:
+                parts.append(Part("thinking", text=summary))
+    calls = any(p.kind == "tool_call" for p in parts)
+    return Message(
+        id=str(document.get("id") or ""),
+        model=str(document.get("model") or ""),
+        parts=parts,
+        stop=_stop_of(document, calls),
+        usage=_usage_in(document.get("usage")) or Usage(),
+    )
+
+
+class StreamReader:
+    """Responses events → the intermediate form's events. A call's arguments may come only with
+    `function_call_arguments.done` (no deltas): they are taken from there then."""
+
+    def __init__(self) -> None:
+        self.streamed: set[int] = set()  # output indices whose arguments came as deltas
+        self.calls = False
+
+    def read(self, event: SSEEvent) -> list[StreamEvent]:
+        document = json_object(event.data)
+        if document is None:
+            return []
+        kind = document.get("type") if event.event == "message" else event.event
+        index = document.get("output_index")
+        index = index if isinstance(index, int) else 0
+        if kind == "response.created":
+            response = document.get("response")
+            response = response if isinstance(response, dict) else {}
+            return [Began(str(response.get("id") or ""), str(response.get("model") or ""))]
+        if kind == "response.output_text.delta":
+            return [TextDelta(str(document.get("delta") or ""))]
+        if kind == "response.reasoning_summary_text.delta":
+            return [ThinkingDelta(str(document.get("delta") or ""))]
+        if kind == "response.output_item.added":
+            item = document.get("item")
+            if isinstance(item, dict) and item.get("type") == "function_call":
+                self.calls = True
+                return [ToolCallDelta(index, str(item.get("call_id") or ""), str(item.get("name") or ""))]
+            return []
+        if kind == "response.function_call_arguments.delta":
+            self.streamed.add(index)
+            return [ToolCallDelta(index, arguments=str(document.get("delta") or ""))]
+        if kind == "response.function_call_arguments.done" and index not in self.streamed:
+            return [ToolCallDelta(index, arguments=str(document.get("arguments") or ""))]
+        if kind in ("response.completed", "response.incomplete"):
+            response = document.get("response")
+            response = response if isinstance(response, dict) else {}
+            return [Finished(_stop_of(response, self.calls), _usage_in(response.get("usage")))]
+        return []

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from addon.formats import codec_anthropic, codec_chat, codec_responses
+from addon.formats import codec_anthropic, codec_chat, codec_gemini, codec_responses
 from addon.formats.base import Dialect, error_text
 from addon.formats.documents import json_object
 from addon.formats.ir import Conversation, Message, StreamEvent
@@ -51,6 +51,8 @@ class Codec:
     writer: Callable[[dict[str, str]], Writer]
     #: Fields its API requires that a client of another API doesn't send.
     headers: Headers = ()
+    #: The path for a request, when it depends on the request (Gemini names the model in it).
+    route: Callable[[Conversation], str] | None = None
 
 
 CODECS: dict[str, Codec] = {
@@ -73,15 +75,25 @@ CODECS: dict[str, Codec] = {
         codec_chat.StreamReader,
         lambda rename: codec_chat.StreamWriter(created=0),
     ),
-    # A client's side only: no provider is spoken to in Responses (its reasoning state can't be made up).
     "openai-responses": Codec(
         "/v1/responses",
         codec_responses.decode_request,
-        _client_only,
-        _client_only,
+        codec_responses.encode_request,
+        codec_responses.decode_message,
         codec_responses.encode_message,
-        _client_only,
+        codec_responses.StreamReader,
         codec_responses.StreamWriter,
+    ),
+    # A provider's side only, for now: no Gemini client is translated for another provider.
+    "gemini": Codec(
+        "/v1beta/models",
+        _client_only,
+        codec_gemini.encode_request,
+        codec_gemini.decode_message,
+        _client_only,
+        codec_gemini.StreamReader,
+        _client_only,
+        route=codec_gemini.path,
     ),
 }
 
@@ -100,6 +112,8 @@ TRANSLATIONS: dict[tuple[str, str], Direction] = {
     ("openai-chat", "anthropic"): Direction(),
     ("openai-responses", "openai-chat"): Direction(),
     ("openai-responses", "anthropic"): Direction(),
+    ("anthropic", "openai-responses"): Direction(count_path="/v1/messages/count_tokens"),
+    ("anthropic", "gemini"): Direction(count_path="/v1/messages/count_tokens"),
 }
 #: Client headers that only mean something to the client's own API.
 _CLIENT_ONLY = (b"anthropic-", b"x-stainless-", b"openai-")
@@ -141,13 +155,14 @@ class Translation:
             conversation = self.inbound.decode_request(document)
             translated, renamed = self.outbound.encode_request(conversation)
             body = json.dumps(translated, ensure_ascii=True).encode()
+            route = self.outbound.route(conversation) if self.outbound.route else self.outbound.path
         except ValueError as e:
             raise NotTranslatable(str(e)) from None
         except RecursionError:
             raise NotTranslatable("the request nests too deeply to translate") from None
         self.rename.update(renamed)
         kept = tuple((n, v) for n, v in headers if not n.startswith(_CLIENT_ONLY) and n != b"content-length")
-        return self.outbound.path, kept + self.outbound.headers, body
+        return route, kept + self.outbound.headers, body
 
     def local_answer(self, path: str, body: bytes) -> bytes | None:
         """The answer Detour gives itself to a request the provider has no equivalent for: a token

@@ -125,3 +125,34 @@ def test_an_openai_chat_client_is_served_by_an_anthropic_provider(
     assert len(sent) == 2 and all(r.headers["x-api-key"] == configs.KEY_B for r in sent)
     assert sent[0].json["system"] == "Be brief." and sent[0].json["model"] == "claude-sonnet-4"
     assert sent[0].headers["anthropic-version"] == "2023-06-01" and "authorization" not in sent[0].headers
+
+
+@pytest.mark.parametrize(("api", "model", "path"), [
+    ("openai-responses", "gpt-5", "/v1/responses"),
+    ("gemini", "gemini-2.5-pro", "/v1beta/models/gemini-2.5-pro:streamGenerateContent"),
+])  # fmt: skip
+def test_claudes_sdk_is_served_by_a_responses_or_gemini_provider(
+    tmp_path: Path,
+    mock_factory: Callable[[str], MockProvider],
+    mitmdump_factory: Callable[..., Mitmdump],
+    api: str,
+    model: str,
+    path: str,
+) -> None:
+    primary, backup = mock_factory("primary"), mock_factory("backup")
+    queue = [
+        configs.provider("primary", primary.base_url),
+        configs.provider("backup", backup.base_url, configs.BACKUP_KEY_ENV, api=api, models={"claude-*": model}),  # noqa: E501
+    ]
+    config = configs.write(tmp_path / "config.yaml", configs.config({"claude": configs.app("api.anthropic.com", queue)}))  # noqa: E501
+    port = free_port()
+    mitmdump_factory(config, reverse={port: "https://api.anthropic.com"}, env=configs.KEY_ENV)
+    client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key=configs.CLIENT_KEY, max_retries=0, timeout=15)  # noqa: E501
+    primary.fault("status", status=529)
+    with client.messages.stream(model="claude-sonnet-4", max_tokens=64, messages=MESSAGES) as stream:
+        message = stream.get_final_message()
+    assert message.content[0].type == "text" and message.content[0].text == "hello from backup"
+    assert message.stop_reason == "end_turn"
+    (sent,) = [r for r in backup.received if r.path.startswith(path)]
+    auth = sent.headers.get("authorization") if api == "openai-responses" else sent.headers.get("x-goog-api-key")  # noqa: E501
+    assert auth in (f"Bearer {configs.KEY_B}", configs.KEY_B)

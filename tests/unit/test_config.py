@@ -383,9 +383,12 @@ ERRORS = [
     (backup(base_ulr="x"),
      f"{P1}.base_ulr: unknown key (expected one of: api, api_key, auth, base_url, breaker, enabled, id, "
      "models)"),
-    (backup(api="gemini"),
-     f"{P1}.api: Detour can't translate anthropic requests to gemini yet (it can: anthropic -> openai-chat, "
-     "openai-chat -> anthropic, openai-responses -> openai-chat, openai-responses -> anthropic)"),
+    (claude(api="gemini", hosts=["generativelanguage.googleapis.com"], providers=[
+        {"id": "p", "base_url": "https://a.example"},
+        {"id": "b", "base_url": "https://b.example", "api": "anthropic", "api_key": "k"}]),
+     "apps.claude.providers[1].api: Detour can't translate gemini requests to anthropic yet (it can: "
+     "anthropic -> openai-chat, openai-chat -> anthropic, openai-responses -> openai-chat, "
+     "openai-responses -> anthropic, anthropic -> openai-responses, anthropic -> gemini)"),
     (claude(providers=[{"id": "p", "base_url": "https://a.example"},
                        {"id": "chat", "base_url": "http://127.0.0.1:8000", "api": "openai-chat"}]),
      "apps.claude.providers[1].api_key: is required for a provider with api: openai-chat (the "

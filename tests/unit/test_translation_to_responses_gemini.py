@@ -1,0 +1,120 @@
+"""Anthropic Messages client → OpenAI Responses provider and → Gemini provider (issue 13, direction 2),
+read by the official `anthropic` SDK's models and stream accumulator."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from anthropic.types import Message
+from test_translation import REQUEST, accumulate
+
+from addon.formats import DIALECTS
+from addon.formats.translation import Translation
+
+
+def translation(provider: str) -> Translation:
+    return Translation(DIALECTS["anthropic"], DIALECTS[provider])
+
+
+def test_a_messages_request_becomes_a_responses_request() -> None:
+    path, _, body = translation("openai-responses").request("/v1/messages", (), json.dumps(REQUEST).encode())
+    document = json.loads(body)
+    assert path == "/v1/responses" and document["store"] is False and document["stream"] is True
+    assert document["instructions"] == "You are Claude Code."
+    kinds = [(i["type"], i.get("role")) for i in document["input"]]
+    assert kinds == [("message", "user"), ("message", "assistant"), ("function_call", None),
+                     ("function_call_output", None), ("message", "user")]  # fmt: skip
+    assert document["input"][3] == {"type": "function_call_output", "call_id": "toolu_1", "output": "hello"}
+    assert [t["name"] for t in document["tools"]][0] == "Read" and document["tool_choice"] == "required"  # noqa: RUF015
+
+
+def responses_event(name: str, **data: Any) -> bytes:
+    return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n".encode()
+
+
+def test_a_responses_stream_becomes_an_anthropic_stream() -> None:
+    t = translation("openai-responses")
+    out = b"".join([
+        t.events(responses_event("response.created", response={"id": "resp_1", "model": "gpt-5"})),
+        t.events(responses_event("response.reasoning_summary_text.delta", delta="Plan.")),
+        t.events(responses_event("response.output_text.delta", delta="Hi ")),
+        t.events(responses_event("response.output_text.delta", delta="there.")),
+        t.events(responses_event("response.output_item.added", output_index=2,
+                                 item={"type": "function_call", "call_id": "call_1", "name": "Read"})),
+        # arguments only in `.done`, never as deltas
+        t.events(responses_event("response.function_call_arguments.done", output_index=2, arguments='{"path": "a"}')),  # noqa: E501
+        t.events(responses_event("response.completed", response={
+            "id": "resp_1", "status": "completed",
+            "usage": {"input_tokens": 20, "output_tokens": 6, "input_tokens_details": {"cached_tokens": 5}}})),  # noqa: E501
+    ]) + t.finish()  # fmt: skip
+    message, names = accumulate(out)  # noqa: RUF059
+    assert [b.type for b in message.content] == ["thinking", "text", "tool_use"]
+    assert message.content[1].text == "Hi there."
+    assert (message.content[2].id, message.content[2].input) == ("call_1", {"path": "a"})
+    assert message.stop_reason == "tool_use"
+    assert (message.usage.input_tokens, message.usage.cache_read_input_tokens) == (15, 5)
+
+
+def test_a_messages_request_becomes_a_gemini_request() -> None:
+    request = {**REQUEST, "model": "gemini-2.5-pro"}
+    path, headers, body = translation("gemini").request("/v1/messages", (), json.dumps(request).encode())  # noqa: RUF059
+    document = json.loads(body)
+    assert path == "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+    assert document["systemInstruction"] == {"parts": [{"text": "You are Claude Code."}]}
+    assert [c["role"] for c in document["contents"]] == ["user", "model", "user"]
+    assert document["contents"][1]["parts"][1] == {
+        "functionCall": {"name": "Read", "args": {"path": "a.txt", "b": 1}}
+    }
+    # the result is named after the call it answers
+    assert document["contents"][2]["parts"][0] == {
+        "functionResponse": {"name": "Read", "response": {"content": "hello"}}
+    }
+    schema = document["tools"][0]["functionDeclarations"][0]["parameters"]
+    assert schema == {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}
+    assert document["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
+    assert document["generationConfig"]["maxOutputTokens"] == 1024
+
+
+def gemini_chunk(
+    parts: list[dict[str, Any]], finish: str | None = None, usage: dict[str, int] | None = None
+) -> bytes:
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}}
+    if finish:
+        candidate["finishReason"] = finish
+    document: dict[str, Any] = {
+        "candidates": [candidate],
+        "modelVersion": "gemini-2.5-pro",
+        "responseId": "g1",
+    }
+    if usage:
+        document["usageMetadata"] = usage
+    return f"data: {json.dumps(document)}\r\n\r\n".encode()
+
+
+def test_a_gemini_stream_with_id_less_parallel_calls_becomes_an_anthropic_stream() -> None:
+    t = translation("gemini")
+    out = b"".join([
+        t.events(gemini_chunk([{"text": "Thinking it over.", "thought": True}])),
+        t.events(gemini_chunk([{"text": "Two reads."}])),
+        t.events(gemini_chunk([{"functionCall": {"name": "Read", "args": {"path": "a"}}},
+                               {"functionCall": {"name": "Read", "args": {"path": "b"}}}], "STOP",
+                              {"promptTokenCount": 40, "candidatesTokenCount": 10, "totalTokenCount": 62})),
+    ]) + t.finish()  # fmt: skip
+    message, _ = accumulate(out)
+    assert [b.type for b in message.content] == ["thinking", "text", "tool_use", "tool_use"]
+    ids = [b.id for b in message.content[2:]]
+    assert len(set(ids)) == 2 and all(ids)  # made up, distinct
+    assert [b.input for b in message.content[2:]] == [{"path": "a"}, {"path": "b"}]
+    assert message.stop_reason == "tool_use"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (40, 22)  # thinking counts
+
+
+def test_a_whole_gemini_answer_becomes_a_message() -> None:
+    answer = {"candidates": [{"content": {"parts": [{"text": "Hello."}]}, "finishReason": "MAX_TOKENS"}],
+              "usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 5}}  # fmt: skip
+    message = Message.model_validate(
+        json.loads(translation("gemini").answer(200, json.dumps(answer).encode()))
+    )
+    assert message.content[0].type == "text" and message.content[0].text == "Hello."
+    assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 2
