@@ -30,6 +30,8 @@ from addon.formats.ir import (
     ToolCallDelta,
     Turn,
     Usage,
+    number,
+    objects,
 )
 from addon.formats.sse import SSEEvent
 
@@ -63,11 +65,11 @@ def decode_request(document: dict[str, object]) -> Conversation:
         model=str(document.get("model") or ""),
         system=_system(document.get("system")),
         turns=turns,
-        tools=[_tool(t) for t in _list(document.get("tools")) if _is_function_tool(t)],
+        tools=[_tool(t) for t in objects(document.get("tools")) if _is_function_tool(t)],
         tool_choice=_tool_choice(document.get("tool_choice")),
         max_tokens=_int(document.get("max_tokens")),
-        temperature=_float(document.get("temperature")),
-        top_p=_float(document.get("top_p")),
+        temperature=number(document.get("temperature")),
+        top_p=number(document.get("top_p")),
         stop=[s for s in stop if isinstance(s, str)] if isinstance(stop, list) else [],
         stream=document.get("stream") is True,
         reasoning=reasoning,
@@ -78,7 +80,7 @@ def _system(value: object) -> str:
     if isinstance(value, str):
         text = value
     else:
-        text = "\n\n".join(str(b.get("text") or "") for b in _list(value) if b.get("type") == "text")
+        text = "\n\n".join(str(b.get("text") or "") for b in objects(value) if b.get("type") == "text")
     lines = text.split("\n")
     return "\n".join(line for line in lines if not line.startswith(BILLING_LINE)).strip("\n")
 
@@ -88,7 +90,7 @@ def _turn(message: dict[str, object]) -> Turn:
     content = message.get("content")
     if isinstance(content, str):
         return Turn(role, [Part("text", text=content)])
-    return Turn(role, [p for p in map(_part, _list(content)) if p is not None])
+    return Turn(role, [p for p in map(_part, objects(content)) if p is not None])
 
 
 def _part(block: dict[str, object]) -> Part | None:
@@ -109,7 +111,7 @@ def _part(block: dict[str, object]) -> Part | None:
     if kind == "tool_result":
         content = block.get("content")
         parts = [Part("text", text=content)] if isinstance(content, str) else [
-            p for p in map(_part, _list(content)) if p is not None and p.kind in ("text", "image")
+            p for p in map(_part, objects(content)) if p is not None and p.kind in ("text", "image")
         ]  # fmt: skip
         return Part("tool_result", id=str(block.get("tool_use_id") or ""), content=parts,
                     is_error=block.get("is_error") is True)  # fmt: skip
@@ -146,16 +148,8 @@ def _tool_choice(value: object) -> str | None:
     return {"auto": "auto", "any": "required", "none": "none"}.get(str(kind))
 
 
-def _list(value: object) -> list[dict[str, object]]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
-
-
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _float(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 # --- answers out ---------------------------------------------------------------------------------
@@ -407,7 +401,7 @@ def usage_in(value: object) -> Usage | None:
 
 def decode_message(document: dict[str, object]) -> Message:
     parts: list[Part] = []
-    for block in _list(document.get("content")):
+    for block in objects(document.get("content")):
         part = _part(block)
         if part is not None and part.kind in ("text", "thinking", "tool_call"):
             parts.append(part)

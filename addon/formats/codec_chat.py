@@ -29,6 +29,9 @@ from addon.formats.ir import (
     ToolCallDelta,
     Turn,
     Usage,
+    append_turn,
+    number,
+    objects,
 )
 from addon.formats.sse import SSEEvent
 
@@ -232,13 +235,7 @@ def decode_message(document: dict[str, object]) -> Message:
             if isinstance(event, ThinkingDelta | TextDelta):
                 kind = "thinking" if isinstance(event, ThinkingDelta) else "text"
                 parts.append(Part(kind, text=event.text))
-    listed = message.get("tool_calls")
-    for call in listed if isinstance(listed, list) else []:
-        if isinstance(call, dict) and isinstance(call.get("function"), dict):
-            function = call["function"]
-            arguments = json_object(str(function.get("arguments") or "{}")) or {}
-            parts.append(Part("tool_call", id=str(call.get("id") or ""), name=str(function.get("name") or ""),
-                              arguments=arguments))  # fmt: skip
+    parts += _calls(message)
     return Message(
         id=str(document.get("id") or ""),
         model=str(document.get("model") or ""),
@@ -321,11 +318,11 @@ def decode_request(document: dict[str, object]) -> Conversation:
         elif role == "tool":
             result = Part("tool_result", id=str(message.get("tool_call_id") or ""),
                           content=[Part("text", text=_text_of(message.get("content")))])  # fmt: skip
-            _append(turns, "user", [result])
+            append_turn(turns, "user", [result])
         elif role == "assistant":
-            _append(turns, "assistant", _assistant_parts(message))
+            append_turn(turns, "assistant", _assistant_parts(message))
         else:
-            _append(turns, "user", _user_parts(message.get("content")))
+            append_turn(turns, "user", _user_parts(message.get("content")))
     offered = document.get("tools")
     listed = offered if isinstance(offered, list) else []
     tools = [_tool_in(t) for t in listed if isinstance(t, dict) and t.get("type") == "function"]
@@ -339,8 +336,8 @@ def decode_request(document: dict[str, object]) -> Conversation:
         tools=tools,
         tool_choice=_choice_in(document.get("tool_choice")),
         max_tokens=limit if isinstance(limit, int) else None,
-        temperature=_number(document.get("temperature")),
-        top_p=_number(document.get("top_p")),
+        temperature=number(document.get("temperature")),
+        top_p=number(document.get("top_p")),
         stop=[stop]
         if isinstance(stop, str)
         else [s for s in stop if isinstance(s, str)]
@@ -349,14 +346,6 @@ def decode_request(document: dict[str, object]) -> Conversation:
         stream=document.get("stream") is True,
         reasoning=effort if effort in ("low", "medium", "high") else None,
     )
-
-
-def _append(turns: list[Turn], role: str, parts: list[Part]) -> None:
-    """Consecutive messages of one role become one turn (Anthropic requires roles to alternate)."""
-    if turns and turns[-1].role == role:
-        turns[-1].parts += parts
-    else:
-        turns.append(Turn(role, parts))
 
 
 def _text_of(content: object) -> str:
@@ -387,11 +376,16 @@ def _user_parts(content: object) -> list[Part]:
 
 
 def _assistant_parts(message: dict[str, object]) -> list[Part]:
-    parts = [Part("text", text=_text_of(message.get("content")))] if _text_of(message.get("content")) else []
-    calls = message.get("tool_calls")
-    for call in calls if isinstance(calls, list) else []:
-        if isinstance(call, dict) and isinstance(call.get("function"), dict):
-            function = call["function"]
+    text = _text_of(message.get("content"))
+    return [*([Part("text", text=text)] if text else []), *_calls(message)]
+
+
+def _calls(message: dict[str, object]) -> list[Part]:
+    """A Chat message's `tool_calls` as tool-call parts (their arguments parsed)."""
+    parts = []
+    for call in objects(message.get("tool_calls")):
+        function = call.get("function")
+        if isinstance(function, dict):
             arguments = json_object(str(function.get("arguments") or "{}")) or {}
             parts.append(Part("tool_call", id=str(call.get("id") or ""), name=str(function.get("name") or ""),
                               arguments=arguments))  # fmt: skip
@@ -412,10 +406,6 @@ def _choice_in(value: object) -> str | None:
     if isinstance(value, dict) and isinstance(value.get("function"), dict):
         return str(value["function"].get("name") or "") or None
     return None
-
-
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 _FINISH_OUT = {

@@ -27,19 +27,11 @@ from addon.formats.ir import (
     ToolCallDelta,
     Turn,
     Usage,
+    append_turn,
+    number,
+    objects,
 )
 from addon.formats.sse import SSEEvent
-
-
-def _append(turns: list[Turn], role: str, parts: list[Part]) -> None:
-    if turns and turns[-1].role == role:
-        turns[-1].parts += parts
-    else:
-        turns.append(Turn(role, parts))
-
-
-def _items(value: object) -> list[dict[str, object]]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def decode_request(document: dict[str, object]) -> Conversation:
@@ -51,7 +43,7 @@ def decode_request(document: dict[str, object]) -> Conversation:
         raise ValueError("no input")
     system = [str(document.get("instructions") or "")]
     turns: list[Turn] = []
-    for item in _items(source):
+    for item in objects(source):
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
@@ -59,7 +51,7 @@ def decode_request(document: dict[str, object]) -> Conversation:
             if role in ("system", "developer"):
                 system.append("".join(p.text for p in parts if p.kind == "text"))
             else:
-                _append(turns, "assistant" if role == "assistant" else "user", parts)
+                append_turn(turns, "assistant" if role == "assistant" else "user", parts)
         elif kind == "function_call":
             arguments = _arguments(item.get("arguments"))
             call = Part(
@@ -68,12 +60,12 @@ def decode_request(document: dict[str, object]) -> Conversation:
                 name=str(item.get("name") or ""),
                 arguments=arguments,
             )
-            _append(turns, "assistant", [call])
+            append_turn(turns, "assistant", [call])
         elif kind == "function_call_output":
             output = item.get("output")
             text = output if isinstance(output, str) else json.dumps(output)
             result = Part("tool_result", id=str(item.get("call_id") or ""), content=[Part("text", text=text)])
-            _append(turns, "user", [result])
+            append_turn(turns, "user", [result])
     reasoning = document.get("reasoning")
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
     limit = document.get("max_output_tokens")
@@ -81,11 +73,11 @@ def decode_request(document: dict[str, object]) -> Conversation:
         model=str(document.get("model") or ""),
         system="\n\n".join(s for s in system if s),
         turns=turns,
-        tools=[_tool(t) for t in _items(document.get("tools")) if t.get("type") == "function"],
+        tools=[_tool(t) for t in objects(document.get("tools")) if t.get("type") == "function"],
         tool_choice=_choice(document.get("tool_choice")),
         max_tokens=limit if isinstance(limit, int) else None,
-        temperature=_number(document.get("temperature")),
-        top_p=_number(document.get("top_p")),
+        temperature=number(document.get("temperature")),
+        top_p=number(document.get("top_p")),
         stream=document.get("stream") is True,
         reasoning=effort if effort in ("low", "medium", "high") else None,
     )
@@ -95,7 +87,7 @@ def _content(value: object) -> list[Part]:
     if isinstance(value, str):
         return [Part("text", text=value)]
     parts: list[Part] = []
-    for piece in _items(value):
+    for piece in objects(value):
         if piece.get("type") in ("input_text", "output_text", "text"):
             parts.append(Part("text", text=str(piece.get("text") or "")))
         elif piece.get("type") == "input_image" and isinstance(piece.get("image_url"), str):
@@ -126,10 +118,6 @@ def _choice(value: object) -> str | None:
     if isinstance(value, dict) and value.get("type") == "function":
         return str(value.get("name") or "") or None
     return None
-
-
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 # --- answers out ---------------------------------------------------------------------------------
@@ -393,11 +381,11 @@ def _stop_of(response: dict[str, object], calls: bool) -> Stop:
 
 def decode_message(document: dict[str, object]) -> Message:
     parts: list[Part] = []
-    for item in _items(document.get("output")):
+    for item in objects(document.get("output")):
         if item.get("type") == "message":
             text = "".join(
                 str(c.get("text") or "")
-                for c in _items(item.get("content"))
+                for c in objects(item.get("content"))
                 if c.get("type") == "output_text"
             )
             if text:
@@ -412,7 +400,7 @@ def decode_message(document: dict[str, object]) -> Message:
                 )
             )
         elif item.get("type") == "reasoning":
-            summary = "".join(str(s.get("text") or "") for s in _items(item.get("summary")))
+            summary = "".join(str(s.get("text") or "") for s in objects(item.get("summary")))
             if summary:
                 parts.append(Part("thinking", text=summary))
     calls = any(p.kind == "tool_call" for p in parts)

@@ -126,3 +126,24 @@ class Finished:
 
 
 StreamEvent = Began | TextDelta | ThinkingDelta | ToolCallDelta | Finished
+
+
+# --- helpers every codec reads documents with ---------------------------------------------------
+
+
+def append_turn(turns: list[Turn], role: str, parts: list[Part]) -> None:
+    """Consecutive messages of one role become one turn (Anthropic and Gemini require roles to
+    alternate; the others don't mind)."""
+    if turns and turns[-1].role == role:
+        turns[-1].parts += parts
+    else:
+        turns.append(Turn(role, parts))
+
+
+def objects(value: object) -> list[dict[str, object]]:
+    """The JSON objects of a list (anything else in it, or a non-list, is ignored)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
