@@ -373,7 +373,10 @@ class _Run:
         try:
             translation = action.attempt.translation
             if translation is not None:
-                path, headers, body = translation.request(request.path, request.headers, request.body)
+                # The provider is asked for a stream exactly when the client is served one.
+                streamed = self.ex.delivery is Delivery.STREAM
+                translated = translation.request(request.path, request.headers, request.body, streamed)
+                path, headers, body = translated
                 request = dataclasses.replace(request, path=path, headers=headers, body=body)
             outbound = for_provider(request, action.attempt.provider, upgrade)
         except (NotAdaptable, NotTranslatable) as e:

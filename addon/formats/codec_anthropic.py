@@ -326,7 +326,14 @@ ANTHROPIC_VERSION = "2023-06-01"
 #: Anthropic requires `max_tokens`; a client of another API may leave it out.
 DEFAULT_MAX_TOKENS = 8192
 _BUDGET = {"low": 2048, "medium": 8192, "high": 16384}
-_STOPS_IN = {v: k for k, v in _STOPS.items()} | {"pause_turn": Stop.END}
+_STOPS_IN = {v: k for k, v in _STOPS.items()} | {"model_context_window_exceeded": Stop.MAX_TOKENS}
+
+
+def _stop_in(value: object) -> Stop | None:
+    """A stop reason read in; one Detour doesn't know (`pause_turn`...) is never taken for a normal end."""
+    if not isinstance(value, str) or not value:
+        return None
+    return _STOPS_IN.get(value, Stop.MAX_TOKENS)
 
 
 def encode_request(conversation: Conversation) -> dict[str, object]:
@@ -346,9 +353,12 @@ def encode_request(conversation: Conversation) -> dict[str, object]:
         budget = _BUDGET[conversation.reasoning]
         document["thinking"] = {"type": "enabled", "budget_tokens": budget}
         document["max_tokens"] = max(int(str(document["max_tokens"])), budget + 1024)
-    for key, value in (("temperature", conversation.temperature), ("top_p", conversation.top_p)):
-        if value is not None and not conversation.reasoning:  # thinking allows neither
-            document[key] = value
+    if not conversation.reasoning:  # thinking allows neither
+        # Anthropic takes 0-1 (Chat 0-2), and newer models refuse both at once: temperature wins.
+        if conversation.temperature is not None:
+            document["temperature"] = min(1.0, max(0.0, conversation.temperature))
+        elif conversation.top_p is not None:
+            document["top_p"] = conversation.top_p
     if conversation.stop:
         document["stop_sequences"] = conversation.stop
     if conversation.tools:
@@ -409,7 +419,7 @@ def decode_message(document: dict[str, object]) -> Message:
         id=str(document.get("id") or ""),
         model=str(document.get("model") or ""),
         parts=parts,
-        stop=_STOPS_IN.get(str(document.get("stop_reason"))),
+        stop=_stop_in(document.get("stop_reason")),
         usage=usage_in(document.get("usage")) or Usage(),
     )
 
@@ -458,7 +468,7 @@ class StreamReader:
                 self.usage = Usage(
                     late.input or self.usage.input, late.output, late.cache_read or self.usage.cache_read
                 )
-            return [Finished(_STOPS_IN.get(str(stop)), self.usage)]
+            return [Finished(_stop_in(stop), self.usage)]
         return []
 
 

@@ -450,6 +450,8 @@ class StreamWriter:
 
     def __init__(self, created: int) -> None:
         self.created = created
+        #: The client asked for a final usage chunk (`stream_options.include_usage`).
+        self.include_usage = False
         self.id = "chatcmpl-detour"
         self.model = ""
         self.started = False
@@ -502,5 +504,7 @@ class StreamWriter:
         out = b"" if self.started else self._chunk({"role": "assistant", "content": ""})
         stop = self.stop or (Stop.TOOL_USE if self.calls else Stop.END)
         out += self._chunk({}, _FINISH_OUT[stop])
-        usage = {**self._envelope(), "choices": [], "usage": _usage_out(self.usage)}
-        return out + f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode()
+        if self.include_usage:
+            usage = {**self._envelope(), "choices": [], "usage": _usage_out(self.usage)}
+            out += f"data: {json.dumps(usage)}\n\n".encode()
+        return out + b"data: [DONE]\n\n"

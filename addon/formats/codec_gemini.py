@@ -52,12 +52,11 @@ _SCHEMA_KEYS = frozenset(
 _FORMATS = frozenset({"enum", "date-time"})
 _MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 _BUDGET = {"low": 1024, "medium": 8192, "high": 24576}
-_FINISH = {
-    "STOP": Stop.END,
-    "MAX_TOKENS": Stop.MAX_TOKENS,
-    "SAFETY": Stop.REFUSAL,
-    "RECITATION": Stop.REFUSAL,
-}
+_BLOCKED = ("SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY", "LANGUAGE")
+_FINISH = {"STOP": Stop.END, "MAX_TOKENS": Stop.MAX_TOKENS, **dict.fromkeys(_BLOCKED, Stop.REFUSAL)}
+#: Gemini 3 refuses a history whose function calls lack the signature it gave them; Detour doesn't
+#: carry signatures across the client, and Google documents this value for calls that have none.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 
 def path(conversation: Conversation) -> str:
@@ -115,7 +114,8 @@ def _part(part: Part, names: dict[str, str]) -> dict[str, object] | None:
         media, data = part.url[5:].split(";base64,", 1)
         return {"inlineData": {"mimeType": media, "data": data}}
     if part.kind == "tool_call":
-        return {"functionCall": {"name": part.name, "args": part.arguments}}
+        call = {"name": part.name, "args": part.arguments}
+        return {"functionCall": call, "thoughtSignature": SKIP_SIGNATURE}
     if part.kind == "tool_result":
         text = "\n".join(p.text for p in part.content if p.kind == "text")
         return {"functionResponse": {"name": names.get(part.id, part.id), "response": {"content": text}}}

@@ -43,6 +43,7 @@ def decode_request(document: dict[str, object]) -> Conversation:
         raise ValueError("no input")
     system = [str(document.get("instructions") or "")]
     turns: list[Turn] = []
+    called: set[object] = set()
     for item in objects(source):
         kind = item.get("type", "message")
         if kind == "message":
@@ -53,6 +54,7 @@ def decode_request(document: dict[str, object]) -> Conversation:
             else:
                 append_turn(turns, "assistant" if role == "assistant" else "user", parts)
         elif kind == "function_call":
+            called.add(item.get("call_id"))
             arguments = _arguments(item.get("arguments"))
             call = Part(
                 "tool_call",
@@ -62,6 +64,8 @@ def decode_request(document: dict[str, object]) -> Conversation:
             )
             append_turn(turns, "assistant", [call])
         elif kind == "function_call_output":
+            if item.get("call_id") not in called:
+                continue  # its call (a local shell or custom tool call) had no equivalent: so has it
             output = item.get("output")
             text = output if isinstance(output, str) else json.dumps(output)
             result = Part("tool_result", id=str(item.get("call_id") or ""), content=[Part("text", text=text)])
@@ -152,6 +156,14 @@ def _call_item(call: ToolCallDelta | Part, status: str, n: int) -> dict[str, obj
     }
 
 
+#: The stops a Responses client must not take for a completed answer, and how it names them.
+_INCOMPLETE = {Stop.MAX_TOKENS: "max_output_tokens", Stop.REFUSAL: "content_filter"}
+
+
+def _status(stop: Stop | None) -> str:
+    return "incomplete" if stop in _INCOMPLETE else "completed"
+
+
 def _response(
     response_id: str,
     model: str,
@@ -169,7 +181,7 @@ def _response(
         "output": output,
         "usage": _usage(usage) if usage is not None else None,
         "error": None,
-        "incomplete_details": {"reason": "max_output_tokens"} if stop is Stop.MAX_TOKENS else None,
+        "incomplete_details": {"reason": _INCOMPLETE[stop]} if stop in _INCOMPLETE else None,
         "parallel_tool_calls": True,
         "tool_choice": "auto",
         "tools": [],
@@ -181,7 +193,7 @@ def encode_message(message: Message) -> dict[str, object]:
     text = "".join(p.text for p in message.parts if p.kind == "text")
     output = [_message_item("msg_" + message.id, text, "completed")] if text else []
     output += [_call_item(p, "completed", n) for n, p in enumerate(message.parts) if p.kind == "tool_call"]
-    status = "incomplete" if message.stop is Stop.MAX_TOKENS else "completed"
+    status = _status(message.stop)
     return _response("resp_" + message.id, message.model, status, output, message.usage, message.stop)
 
 
@@ -271,8 +283,10 @@ class StreamWriter:
             done = _message_item(item_id, text, "completed")
             out += self._event("response.output_item.done", {"output_index": 0, "item": done})
             output.append(done)
+        dropped = False
         for n, call in enumerate(sorted(self.calls.values(), key=lambda c: c.index)):
             if _arguments(call.arguments) == {} and call.arguments.strip() not in ("", "{}"):
+                dropped = True
                 continue  # cut short: never hand a client a call it would run without its input
             call.name = self.rename.get(call.name, call.name)
             index = len(output)
@@ -291,7 +305,13 @@ class StreamWriter:
             )
             out += self._event("response.output_item.done", {"output_index": index, "item": item})
             output.append(item)
-        status = "incomplete" if self.stop is Stop.MAX_TOKENS else "completed"
+        if (
+            dropped
+            and self.stop in (None, Stop.TOOL_USE)
+            and not any(i["type"] == "function_call" for i in output)
+        ):
+            self.stop = Stop.MAX_TOKENS  # the calls asked for can't be run: not a finished answer
+        status = _status(self.stop)
         final = _response(self.id, self.model, status, output, self.usage or Usage(), self.stop)
         return out + self._event(f"response.{status}", {"response": final})
 
@@ -446,7 +466,13 @@ class StreamReader:
             self.streamed.add(index)
             return [ToolCallDelta(index, arguments=str(document.get("delta") or ""))]
         if kind == "response.function_call_arguments.done" and index not in self.streamed:
+            self.streamed.add(index)
             return [ToolCallDelta(index, arguments=str(document.get("arguments") or ""))]
+        if kind == "response.output_item.done" and index not in self.streamed:
+            item = document.get("item")
+            if isinstance(item, dict) and item.get("type") == "function_call":  # arguments only here
+                self.streamed.add(index)
+                return [ToolCallDelta(index, arguments=str(item.get("arguments") or ""))]
         if kind in ("response.completed", "response.incomplete"):
             response = document.get("response")
             response = response if isinstance(response, dict) else {}

@@ -27,6 +27,18 @@ _CONTEXT_EXCEEDED = re.compile(
 )
 
 
+#: Finish reasons that mean the model failed, not that it finished: the answer is no answer.
+FAILED_FINISH = frozenset({"MALFORMED_FUNCTION_CALL", "OTHER", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS"})
+
+
+def finish_reason(document: dict[str, object]) -> str | None:
+    """The first candidate's `finishReason` (the key alone says nothing: an argument may be named so)."""
+    candidates = document.get("candidates")
+    first = candidates[0] if isinstance(candidates, list) and candidates else None
+    reason = first.get("finishReason") if isinstance(first, dict) else None
+    return reason if isinstance(reason, str) and reason else None
+
+
 @dataclass(frozen=True)
 class Gemini(Dialect):
     def is_stream_request(self, path: str, body: bytes) -> bool:
@@ -40,7 +52,12 @@ class Gemini(Dialect):
             if document is not None and "error" in document:
                 return EventKind.ERROR
         if '"finishReason"' in data:
-            return EventKind.FINISHED
+            document = json_object(data)
+            reason = finish_reason(document) if document is not None else None
+            if reason in FAILED_FINISH:
+                return EventKind.ERROR
+            if reason is not None:
+                return EventKind.FINISHED
         if '"text"' in data or '"functionCall"' in data:
             return EventKind.CONTENT
         return EventKind.OTHER

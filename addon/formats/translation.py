@@ -141,8 +141,12 @@ class Translation:
         self._reader = self.outbound.reader()
         self._writer = self.inbound.writer(self.rename)
 
-    def request(self, path: str, headers: Headers, body: bytes) -> tuple[str, Headers, bytes]:
-        """The client's request as the provider must get it; NotTranslatable when it can't be."""
+    def request(
+        self, path: str, headers: Headers, body: bytes, stream: bool | None = None
+    ) -> tuple[str, Headers, bytes]:
+        """The client's request as the provider must get it; NotTranslatable when it can't be.
+        `stream` is how the client's answer is delivered (the exchange decided it from the bytes the
+        client sent): the provider is asked for the same, whatever the parsed body says."""
         bare = path.split("?", 1)[0]
         if bare != self.inbound.path:
             raise NotTranslatable(f"{bare} has no {self.provider.name} equivalent")
@@ -153,6 +157,7 @@ class Translation:
             raise NotTranslatable("the request body is not a JSON object")
         try:
             conversation = self.inbound.decode_request(document)
+            conversation.stream = self.client.is_stream_request(path, body) if stream is None else stream
             translated, renamed = self.outbound.encode_request(conversation)
             body = json.dumps(translated, ensure_ascii=True).encode()
             route = self.outbound.route(conversation) if self.outbound.route else self.outbound.path
@@ -161,6 +166,10 @@ class Translation:
         except RecursionError:
             raise NotTranslatable("the request nests too deeply to translate") from None
         self.rename.update(renamed)
+        options = document.get("stream_options")
+        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if hasattr(self._writer, "include_usage"):  # a Chat client gets a usage chunk only when it asks
+            self._writer.include_usage = wants_usage
         kept = tuple((n, v) for n, v in headers if not n.startswith(_CLIENT_ONLY) and n != b"content-length")
         return route, kept + self.outbound.headers, body
 
@@ -185,10 +194,15 @@ class Translation:
             return None
         if document is None:
             return "a 2xx answer that is not a JSON object"
+        answered = any(k in document for k in ("choices", "content", "output", "candidates"))
         error = document.get("error")
-        if error and "choices" not in document and "content" not in document:
+        if error and not answered:
             message = error_text(body) or "an error"
             return f"a {status} answer carrying an error: {message}"
+        feedback = document.get("promptFeedback")
+        blocked = feedback.get("blockReason") if isinstance(feedback, dict) else None
+        if blocked and not document.get("candidates"):  # Gemini refused the prompt itself
+            return f"a {status} answer with the prompt blocked ({blocked})"
         return None
 
     def answer(self, status: int, body: bytes) -> bytes:

@@ -101,6 +101,8 @@ def sse(*events: dict[str, Any]) -> bytes:
 
 def test_an_anthropic_stream_becomes_chat_chunks_the_sdk_accumulates() -> None:
     t = translation()
+    asked = {**REQUEST, "stream_options": {"include_usage": True}}  # the usage chunk only when asked
+    t.request("/v1/chat/completions", (), json.dumps(asked).encode())
     stream = sse(
         {"type": "message_start", "message": {"id": "msg_1", "model": "claude-sonnet-4", "usage": {"input_tokens": 9, "output_tokens": 1}}},  # noqa: E501
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},

@@ -64,7 +64,8 @@ def test_a_messages_request_becomes_a_gemini_request() -> None:
     assert document["systemInstruction"] == {"parts": [{"text": "You are Claude Code."}]}
     assert [c["role"] for c in document["contents"]] == ["user", "model", "user"]
     assert document["contents"][1]["parts"][1] == {
-        "functionCall": {"name": "Read", "args": {"path": "a.txt", "b": 1}}
+        "functionCall": {"name": "Read", "args": {"path": "a.txt", "b": 1}},
+        "thoughtSignature": "skip_thought_signature_validator",  # Gemini 3 wants one on every call
     }
     # the result is named after the call it answers
     assert document["contents"][2]["parts"][0] == {
