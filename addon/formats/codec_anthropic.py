@@ -100,6 +100,8 @@ def _part(block: dict[str, object]) -> Part | None:
     if kind == "image":
         url = _image_url(block.get("source"))
         return Part("image", url=url) if url else None
+    if kind == "document":
+        return _document(block)
     if kind == "thinking":
         return Part("thinking", text=str(block.get("thinking") or ""))
     if kind == "tool_use":
@@ -115,7 +117,20 @@ def _part(block: dict[str, object]) -> Part | None:
         ]  # fmt: skip
         return Part("tool_result", id=str(block.get("tool_use_id") or ""), content=parts,
                     is_error=block.get("is_error") is True)  # fmt: skip
-    return None  # documents, redacted thinking, server tool blocks: no equivalent
+    return None  # redacted thinking, server tool blocks: no equivalent
+
+
+def _document(block: dict[str, object]) -> Part | None:
+    """A PDF given inline travels as a `data:` URL; a text document is its text."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        return None
+    if source.get("type") == "text":
+        return Part("text", text=str(source.get("data") or ""))
+    if source.get("type") == "base64":
+        url = f"data:{source.get('media_type') or 'application/pdf'};base64,{source.get('data')}"
+        return Part("document", url=url, name_hint=str(block.get("title") or "document.pdf"))
+    return None
 
 
 def _image_url(source: object) -> str:
@@ -381,6 +396,8 @@ def _block(part: Part) -> dict[str, object] | None:
         return {"type": "text", "text": part.text} if part.text else None
     if part.kind == "image":
         return {"type": "image", "source": _source(part.url)}
+    if part.kind == "document":
+        return {"type": "document", "source": _source(part.url)}
     if part.kind == "tool_call":
         return {"type": "tool_use", "id": part.id, "name": part.name, "input": part.arguments}
     if part.kind == "tool_result":

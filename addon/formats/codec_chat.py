@@ -107,6 +107,8 @@ def _user(parts: list[Part]) -> list[dict[str, object]]:
             content.append({"type": "text", "text": part.text})
         elif part.kind == "image":
             content.append(_image(part))
+        elif part.kind == "document":  # OpenAI's `file` part, a data URL
+            content.append({"type": "file", "file": {"filename": part.name_hint, "file_data": part.url}})
     if content:
         only_text = all(c["type"] == "text" for c in content)
         joined = "\n\n".join(str(c["text"]) for c in content) if only_text else None
@@ -372,6 +374,12 @@ def _user_parts(content: object) -> list[Part]:
             url = image.get("url") if isinstance(image, dict) else image
             if isinstance(url, str) and url:
                 parts.append(Part("image", url=url))
+        elif piece.get("type") == "file" and isinstance(piece.get("file"), dict):
+            file = piece["file"]
+            data = file.get("file_data")
+            if isinstance(data, str) and data.startswith("data:"):
+                name = str(file.get("filename") or "document.pdf")
+                parts.append(Part("document", url=data, name_hint=name))
     return parts
 
 

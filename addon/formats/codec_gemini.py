@@ -110,7 +110,7 @@ def encode_request(conversation: Conversation) -> tuple[dict[str, object], dict[
 def _part(part: Part, names: dict[str, str]) -> dict[str, object] | None:
     if part.kind == "text":
         return {"text": part.text} if part.text else None
-    if part.kind == "image" and part.url.startswith("data:") and ";base64," in part.url:
+    if part.kind in ("image", "document") and part.url.startswith("data:") and ";base64," in part.url:
         media, data = part.url[5:].split(";base64,", 1)
         return {"inlineData": {"mimeType": media, "data": data}}
     if part.kind == "tool_call":

@@ -353,6 +353,8 @@ def encode_request(conversation: Conversation) -> tuple[dict[str, object], dict[
                 content.append({"type": "input_text", "text": part.text})
             elif part.kind == "image":
                 content.append({"type": "input_image", "image_url": part.url})
+            elif part.kind == "document":
+                content.append({"type": "input_file", "filename": part.name_hint, "file_data": part.url})
         if content:
             items.append({"type": "message", "role": "user", "content": content})
     document: dict[str, object] = {"model": conversation.model, "input": items, "store": False}

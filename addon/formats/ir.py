@@ -25,10 +25,12 @@ class Stop(enum.Enum):
 class Part:
     """One piece of a turn. `kind` says which fields mean something."""
 
-    kind: str  # "text" | "image" | "thinking" | "tool_call" | "tool_result"
+    kind: str  # "text" | "image" | "document" | "thinking" | "tool_call" | "tool_result"
     text: str = ""
-    #: Images: a `data:` or `https:` URL.
+    #: Images: a `data:` or `https:` URL; documents (PDF): a `data:` URL.
     url: str = ""
+    #: Documents: a file name for APIs that want one.
+    name_hint: str = ""
     #: Tool calls and results: the call's id; calls: the tool's name and its input.
     id: str = ""
     name: str = ""

@@ -119,3 +119,34 @@ def test_a_whole_gemini_answer_becomes_a_message() -> None:
     )
     assert message.content[0].type == "text" and message.content[0].text == "Hello."
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 2
+
+
+DOCUMENT_REQUEST: dict[str, Any] = {
+    "model": "m", "max_tokens": 64,
+    "messages": [{"role": "user", "content": [
+        {"type": "document", "title": "spec.pdf", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}},  # noqa: E501
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain notes"}},
+        {"type": "text", "text": "summarise"},
+    ]}],
+}  # fmt: skip
+
+
+def test_a_pdf_travels_as_a_data_url_where_the_target_takes_one() -> None:
+    body = json.dumps(DOCUMENT_REQUEST).encode()
+    chat = json.loads(Translation(DIALECTS["anthropic"], DIALECTS["openai-chat"]).request("/v1/messages", (), body)[2])  # noqa: E501
+    assert chat["messages"][0]["content"][0] == {
+        "type": "file", "file": {"filename": "spec.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}}
+    assert chat["messages"][0]["content"][1] == {"type": "text", "text": "plain notes"}
+    responses = json.loads(translation("openai-responses").request("/v1/messages", (), body)[2])
+    assert responses["input"][0]["content"][0] == {
+        "type": "input_file", "filename": "spec.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}
+    gemini = json.loads(translation("gemini").request("/v1/messages", (), body)[2])
+    assert gemini["contents"][0]["parts"][0] == {"inlineData": {"mimeType": "application/pdf", "data": "JVBERi0x"}}  # noqa: E501
+
+
+def test_a_chat_clients_pdf_reaches_anthropic_as_a_document() -> None:
+    request = {"model": "c", "messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"}}]}]}  # fmt: skip  # noqa: E501
+    body = Translation(DIALECTS["openai-chat"], DIALECTS["anthropic"]).request("/v1/chat/completions", (), json.dumps(request).encode())[2]  # noqa: E501
+    block = json.loads(body)["messages"][0]["content"][0]
+    assert block == {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}  # noqa: E501
