@@ -223,7 +223,7 @@ class StreamWriter:
 
     def __init__(self, rename: dict[str, str] | None = None) -> None:
         #: Tool names as the provider knows them → as the client named them.
-        self.rename = rename or {}
+        self.rename = rename if rename is not None else {}  # shared: filled as the request is written
         self.started = False
         self.index = -1
         self.open: str | None = None  # "text" | "thinking"

@@ -203,7 +203,7 @@ class StreamWriter:
     written whole at the end, then `response.completed` carrying every item and the usage."""
 
     def __init__(self, rename: dict[str, str] | None = None) -> None:
-        self.rename = rename or {}
+        self.rename = rename if rename is not None else {}  # shared: filled as the request is written
         self.id = "resp_detour"
         self.model = ""
         self.sequence = 0

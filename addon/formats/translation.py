@@ -123,6 +123,24 @@ class NotTranslatable(ValueError):
     """This request can't be expressed in the provider's dialect."""
 
 
+def _shortened_tool_names(conversation: Conversation) -> dict[str, str]:
+    """Every target API caps a tool's name at 64 characters (MCP tools often run longer): names are
+    shortened reversibly in the request, and the map turns them back in the answer."""
+    renamed: dict[str, str] = {}
+    for tool in conversation.tools:
+        short = codec_chat.tool_name(tool.name)
+        if short != tool.name:
+            renamed[short], tool.name = tool.name, short
+    for turn in conversation.turns:
+        for part in turn.parts:
+            if part.kind == "tool_call":
+                part.name = codec_chat.tool_name(part.name)
+    choice = conversation.tool_choice
+    if choice and choice not in ("auto", "required", "none"):
+        conversation.tool_choice = codec_chat.tool_name(choice)
+    return renamed
+
+
 def supported(client: str, provider: str) -> bool:
     return client == provider or (client, provider) in TRANSLATIONS
 
@@ -158,6 +176,7 @@ class Translation:
         try:
             conversation = self.inbound.decode_request(document)
             conversation.stream = self.client.is_stream_request(path, body) if stream is None else stream
+            self.rename.update(_shortened_tool_names(conversation))
             translated, renamed = self.outbound.encode_request(conversation)
             body = json.dumps(translated, ensure_ascii=True).encode()
             route = self.outbound.route(conversation) if self.outbound.route else self.outbound.path

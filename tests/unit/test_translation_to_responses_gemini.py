@@ -150,3 +150,20 @@ def test_a_chat_clients_pdf_reaches_anthropic_as_a_document() -> None:
     body = Translation(DIALECTS["openai-chat"], DIALECTS["anthropic"]).request("/v1/chat/completions", (), json.dumps(request).encode())[2]  # noqa: E501
     block = json.loads(body)["messages"][0]["content"][0]
     assert block == {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}  # noqa: E501
+
+
+def test_a_long_tool_name_is_shortened_for_every_target_and_restored_in_the_stream() -> None:
+    from test_translation import LONG_TOOL
+
+    for provider in ("openai-responses", "gemini", "openai-chat"):
+        t = Translation(DIALECTS["anthropic"], DIALECTS[provider])
+        body = json.loads(t.request("/v1/messages", (), json.dumps(REQUEST).encode())[2])
+        assert LONG_TOOL not in json.dumps(body)
+        (short,) = [s for s, full in t.rename.items() if full == LONG_TOOL]
+        assert len(short) <= 64
+    t = translation("gemini")
+    t.request("/v1/messages", (), json.dumps(REQUEST).encode())
+    short = next(iter(t.rename))
+    out = t.events(gemini_chunk([{"functionCall": {"name": short, "args": {}}}], "STOP")) + t.finish()
+    message, _ = accumulate(out)
+    assert message.content[0].name == LONG_TOOL
