@@ -502,10 +502,6 @@ class Exchange:
             self.failed.append(FailedAttempt(event.provider.id, "no websocket (translated)"))
             message = f"{event.provider.id} is reached over HTTP only: use HTTP"
             return [*actions, Release(attempt), self._refuse(426, message, None), self._done(None)]
-        if attempt.translation is None and self.dialect.name == "anthropic":
-            # Thinking a translated provider produced has no signature, which Anthropic rejects in a
-            # conversation's history: the blocks go, the rest of the request stays as sent.
-            attempt.body_override = without_unsigned_thinking(attempt.body_override or self.body)
         local = attempt.translation.local_answer(self.path, self.body) if attempt.translation else None
         if local is not None:  # nothing to ask the provider: no attempt, no charge
             headers = self._client_headers((_JSON_TYPE,), event.provider)
@@ -519,6 +515,11 @@ class Exchange:
             if attempt.body_override is None:
                 self.failed.append(FailedAttempt(event.provider.id, "the request can't be continued"))
                 return [*actions, Release(attempt), Pick()]
+        if attempt.translation is None and self.dialect.name == "anthropic":
+            # Thinking a translated provider produced has no signature, which Anthropic rejects in a
+            # conversation's history: the blocks go, the rest of the request stays as sent.
+            stripped = without_unsigned_thinking(attempt.body_override or self.body)
+            attempt.body_override = stripped if stripped is not None else attempt.body_override
         self.attempt = attempt
         return [*actions, Send(attempt)]
 

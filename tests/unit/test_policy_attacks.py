@@ -210,3 +210,23 @@ def test_a_long_prompt_gets_more_time_to_its_first_token() -> None:
     s.connect()
     s.head(200, SSE)
     assert s.exchange.deadline() == s.clock.now + 15 + len(long) / 50_000  # ~25 s for 500 kB
+
+
+def test_a_continuation_to_anthropic_also_loses_unsigned_thinking() -> None:
+    """A conversation that went through a translated provider carries thinking without a signature;
+    continuing a broken answer on a native Anthropic provider must strip it from the prefilled request
+    too (Anthropic refuses it in a history)."""
+    history = json.loads(REQUEST)
+    history["messages"] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "x", "signature": ""},
+                                          {"type": "text", "text": "earlier"}]},
+        {"role": "user", "content": "go on"},
+    ]  # fmt: skip
+    s = script(Delivery.STREAM, policies={"continue_streams": True}, body=json.dumps(history).encode())
+    sent_first = s.of(Send)[0].attempt.body_override
+    assert sent_first is not None and b'"signature": ""' not in sent_first
+    s.answer(200, sse(MSG_START, TEXT_START, delta("Hello wor")), SSE)
+    continued = json.loads(s.of(Send)[1].attempt.body_override or b"")
+    assert continued["messages"][-1] == {"role": "assistant", "content": "Hello wor"}
+    assert all(b.get("type") != "thinking" for m in continued["messages"] if isinstance(m["content"], list) for b in m["content"])  # noqa: E501
