@@ -156,3 +156,31 @@ def test_claudes_sdk_is_served_by_a_responses_or_gemini_provider(
     (sent,) = [r for r in backup.received if r.path.startswith(path)]
     auth = sent.headers.get("authorization") if api == "openai-responses" else sent.headers.get("x-goog-api-key")  # noqa: E501
     assert auth in (f"Bearer {configs.KEY_B}", configs.KEY_B)
+
+
+def test_a_responses_client_is_served_by_an_anthropic_provider(
+    tmp_path: Path, mock_factory: Callable[[str], MockProvider], mitmdump_factory: Callable[..., Mitmdump]
+) -> None:
+    """Codex's API (Responses) through a real mitmdump to a provider that speaks only Anthropic: the
+    `openai` SDK's own Responses accumulator gets the answer, streamed and whole."""
+    import openai
+
+    primary, backup = mock_factory("primary"), mock_factory("backup")
+    queue = [
+        configs.provider("primary", primary.base_url),
+        configs.provider("backup", backup.base_url, configs.BACKUP_KEY_ENV, api="anthropic",
+                         models={"gpt-*": "claude-sonnet-4"}),
+    ]  # fmt: skip
+    config = configs.write(tmp_path / "config.yaml", configs.config({"codex": configs.app("api.openai.com", queue)}))  # noqa: E501
+    port = free_port()
+    mitmdump_factory(config, reverse={port: "https://api.openai.com"}, env=configs.KEY_ENV)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=configs.CLIENT_KEY, max_retries=0, timeout=15)  # noqa: E501
+    primary.fault("status", status=503)
+    with client.responses.stream(model="gpt-5", instructions="Be brief.", input="hi") as stream:
+        response = stream.get_final_response()
+    assert response.output_text == "hello from backup" and response.status == "completed"
+    whole = client.responses.create(model="gpt-5", input="hi")
+    assert whole.output_text == "hello from backup"
+    sent = [r for r in backup.received if r.path == "/v1/messages"]
+    assert len(sent) == 2 and sent[0].json["system"] == "Be brief." and sent[0].json["model"] == "claude-sonnet-4"  # noqa: E501
+    assert all(r.headers["x-api-key"] == configs.KEY_B for r in sent)

@@ -167,3 +167,21 @@ def test_a_long_tool_name_is_shortened_for_every_target_and_restored_in_the_stre
     out = t.events(gemini_chunk([{"functionCall": {"name": short, "args": {}}}], "STOP")) + t.finish()
     message, _ = accumulate(out)
     assert message.content[0].name == LONG_TOOL
+
+
+def test_a_whole_responses_answer_becomes_a_message_the_sdk_reads() -> None:
+    answer = {
+        "id": "resp_1", "object": "response", "status": "completed", "model": "gpt-5",
+        "output": [
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Plan."}]},
+            {"type": "message", "id": "m1", "role": "assistant", "content": [{"type": "output_text", "text": "Reading."}]},  # noqa: E501
+            {"type": "function_call", "id": "fc_1", "call_id": "call_9", "name": "Read", "arguments": '{"path": "a"}'},  # noqa: E501
+        ],
+        "usage": {"input_tokens": 12, "output_tokens": 4, "input_tokens_details": {"cached_tokens": 2}},
+    }  # fmt: skip
+    message = Message.model_validate(json.loads(translation("openai-responses").answer(200, json.dumps(answer).encode())))  # noqa: E501
+    assert [b.type for b in message.content] == ["thinking", "text", "tool_use"]
+    tool = message.content[2]
+    assert tool.type == "tool_use" and (tool.id, tool.input) == ("call_9", {"path": "a"})
+    assert message.stop_reason == "tool_use"
+    assert (message.usage.input_tokens, message.usage.cache_read_input_tokens) == (10, 2)
