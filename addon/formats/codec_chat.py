@@ -2,15 +2,14 @@
 
 Requests: the system text leads as one `system` message; tool results become `tool` messages right
 after the assistant turn that called them (their images follow in a user message, which is where Chat
-takes images); tool calls carry their input as a JSON string; tool names longer than Chat's 64
-characters are shortened reversibly; reasoning models get `max_completion_tokens` and, when thinking
-was asked for, `reasoning_effort`; streams ask for a final usage chunk.
+takes images); tool calls carry their input as a JSON string (names are shortened to 64 characters
+before any encoder sees them: `translation.tool_name`); reasoning models get `max_completion_tokens`
+and, when thinking was asked for, `reasoning_effort`; streams ask for a final usage chunk.
 Answers: `finish_reason` maps to a stop reason, cached prompt tokens are taken out of the input count.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 
@@ -35,7 +34,6 @@ from addon.formats.ir import (
 )
 from addon.formats.sse import SSEEvent
 
-MAX_TOOL_NAME = 64
 #: Models that take `max_completion_tokens` and `reasoning_effort` (OpenAI's reasoning families).
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
 #: JSON-schema keywords Chat providers commonly reject in tool parameters.
@@ -49,17 +47,9 @@ _FINISH = {
 }
 
 
-def tool_name(name: str) -> str:
-    """A tool name Chat accepts: names over 64 characters keep a prefix and a hash of the whole."""
-    if len(name) <= MAX_TOOL_NAME:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[: MAX_TOOL_NAME - 9]}_{digest}"
-
-
-def encode_request(conversation: Conversation) -> tuple[dict[str, object], dict[str, str]]:
-    """The Chat request, and the shortened tool names → the client's names."""
-    renamed = {tool_name(t.name): t.name for t in conversation.tools if tool_name(t.name) != t.name}
+def encode_request(conversation: Conversation) -> dict[str, object]:
+    """The Chat request (tool names are already within the 64 characters every API allows: see
+    `translation.tool_name`)."""
     messages: list[dict[str, object]] = []
     if conversation.system:
         messages.append({"role": "system", "content": conversation.system})
@@ -78,7 +68,7 @@ def encode_request(conversation: Conversation) -> tuple[dict[str, object], dict[
         document["stop"] = conversation.stop
     if conversation.tools:
         document["tools"] = [
-            {"type": "function", "function": {"name": tool_name(t.name), "description": t.description,
+            {"type": "function", "function": {"name": t.name, "description": t.description,
                                               "parameters": _schema(t.schema)}}
             for t in conversation.tools
         ]  # fmt: skip
@@ -86,11 +76,11 @@ def encode_request(conversation: Conversation) -> tuple[dict[str, object], dict[
     if choice in ("auto", "required", "none"):
         document["tool_choice"] = choice
     elif choice:
-        document["tool_choice"] = {"type": "function", "function": {"name": tool_name(choice)}}
+        document["tool_choice"] = {"type": "function", "function": {"name": choice}}
     if conversation.stream:
         document["stream"] = True
         document["stream_options"] = {"include_usage": True}
-    return document, renamed
+    return document
 
 
 def _user(parts: list[Part]) -> list[dict[str, object]]:
@@ -124,7 +114,7 @@ def _assistant(parts: list[Part]) -> list[dict[str, object]]:
     text = "".join(p.text for p in parts if p.kind == "text")
     calls = [
         {"id": p.id, "type": "function",
-         "function": {"name": tool_name(p.name), "arguments": json.dumps(p.arguments, ensure_ascii=False)}}
+         "function": {"name": p.name, "arguments": json.dumps(p.arguments, ensure_ascii=False)}}
         for p in parts if p.kind == "tool_call"
     ]  # fmt: skip
     message: dict[str, object] = {"role": "assistant", "content": text or None}

@@ -66,7 +66,7 @@ def path(conversation: Conversation) -> str:
     return f"/v1beta/models/{model}:generateContent"
 
 
-def encode_request(conversation: Conversation) -> tuple[dict[str, object], dict[str, str]]:
+def encode_request(conversation: Conversation) -> dict[str, object]:
     names = {p.id: p.name for t in conversation.turns for p in t.parts if p.kind == "tool_call"}
     contents = []
     for turn in conversation.turns:
@@ -104,7 +104,7 @@ def encode_request(conversation: Conversation) -> tuple[dict[str, object], dict[
         }
     if config:
         document["generationConfig"] = config
-    return document, {}
+    return document
 
 
 def _part(part: Part, names: dict[str, str]) -> dict[str, object] | None:

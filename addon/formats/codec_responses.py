@@ -319,7 +319,7 @@ class StreamWriter:
 # --- as a provider: Responses requests out, Responses answers in ------------------------------------
 
 
-def encode_request(conversation: Conversation) -> tuple[dict[str, object], dict[str, str]]:
+def encode_request(conversation: Conversation) -> dict[str, object]:
     items: list[dict[str, object]] = []
     for turn in conversation.turns:
         if turn.role == "assistant":
@@ -381,7 +381,7 @@ def encode_request(conversation: Conversation) -> tuple[dict[str, object], dict[
         document["reasoning"] = {"effort": conversation.reasoning, "summary": "auto"}
     if conversation.stream:
         document["stream"] = True
-    return document, {}
+    return document
 
 
 def _usage_in(value: object) -> Usage | None:

@@ -8,6 +8,7 @@ exist; a request one can't represent (another path, a compressed body) skips tha
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ class Writer(Protocol):
     def finish(self) -> bytes: ...
 
 
-def _client_only(*args: object) -> Any:  # pragma: no cover - TRANSLATIONS never asks for it
-    raise NotTranslatable("this dialect is only translated from, never to")
+def _not_this_side(*args: object) -> Any:  # pragma: no cover - TRANSLATIONS never asks for it
+    raise NotTranslatable("no translation needs this side of this dialect")
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,7 @@ class Codec:
     #: The path of its model API.
     path: str
     decode_request: Callable[[dict[str, object]], Conversation]
-    #: The request, and the tool names it had to shorten → the client's names.
-    encode_request: Callable[[Conversation], tuple[dict[str, object], dict[str, str]]]
+    encode_request: Callable[[Conversation], dict[str, object]]
     decode_message: Callable[[dict[str, object]], Message]
     encode_message: Callable[[Message], dict[str, object]]
     reader: Callable[[], Reader]
@@ -59,7 +59,7 @@ CODECS: dict[str, Codec] = {
     "anthropic": Codec(
         "/v1/messages",
         codec_anthropic.decode_request,
-        lambda conversation: (codec_anthropic.encode_request(conversation), {}),
+        codec_anthropic.encode_request,
         codec_anthropic.decode_message,
         codec_anthropic.encode_message,
         codec_anthropic.StreamReader,
@@ -87,12 +87,12 @@ CODECS: dict[str, Codec] = {
     # A provider's side only, for now: no Gemini client is translated for another provider.
     "gemini": Codec(
         "/v1beta/models",
-        _client_only,
+        _not_this_side,
         codec_gemini.encode_request,
         codec_gemini.decode_message,
-        _client_only,
+        _not_this_side,
         codec_gemini.StreamReader,
-        _client_only,
+        _not_this_side,
         route=codec_gemini.path,
     ),
 }
@@ -123,21 +123,34 @@ class NotTranslatable(ValueError):
     """This request can't be expressed in the provider's dialect."""
 
 
+#: The longest tool name Chat, Responses and Gemini accept.
+MAX_TOOL_NAME = 64
+
+
+def tool_name(name: str) -> str:
+    """A tool name every target accepts: one over 64 characters keeps a prefix and a hash of the whole
+    (so two long names stay apart, and the same name always maps the same way)."""
+    if len(name) <= MAX_TOOL_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: MAX_TOOL_NAME - 9]}_{digest}"
+
+
 def _shortened_tool_names(conversation: Conversation) -> dict[str, str]:
     """Every target API caps a tool's name at 64 characters (MCP tools often run longer): names are
     shortened reversibly in the request, and the map turns them back in the answer."""
     renamed: dict[str, str] = {}
     for tool in conversation.tools:
-        short = codec_chat.tool_name(tool.name)
+        short = tool_name(tool.name)
         if short != tool.name:
             renamed[short], tool.name = tool.name, short
     for turn in conversation.turns:
         for part in turn.parts:
             if part.kind == "tool_call":
-                part.name = codec_chat.tool_name(part.name)
+                part.name = tool_name(part.name)
     choice = conversation.tool_choice
     if choice and choice not in ("auto", "required", "none"):
-        conversation.tool_choice = codec_chat.tool_name(choice)
+        conversation.tool_choice = tool_name(choice)
     return renamed
 
 
@@ -177,14 +190,13 @@ class Translation:
             conversation = self.inbound.decode_request(document)
             conversation.stream = self.client.is_stream_request(path, body) if stream is None else stream
             self.rename.update(_shortened_tool_names(conversation))
-            translated, renamed = self.outbound.encode_request(conversation)
+            translated = self.outbound.encode_request(conversation)
             body = json.dumps(translated, ensure_ascii=True).encode()
             route = self.outbound.route(conversation) if self.outbound.route else self.outbound.path
         except ValueError as e:
             raise NotTranslatable(str(e)) from None
         except RecursionError:
             raise NotTranslatable("the request nests too deeply to translate") from None
-        self.rename.update(renamed)
         options = document.get("stream_options")
         wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         if hasattr(self._writer, "include_usage"):  # a Chat client gets a usage chunk only when it asks

@@ -14,9 +14,8 @@ from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import Message, RawMessageStreamEvent
 
 from addon.formats import DIALECTS
-from addon.formats.codec_chat import MAX_TOOL_NAME
 from addon.formats.sse import SSEParser
-from addon.formats.translation import NotTranslatable, Translation
+from addon.formats.translation import MAX_TOOL_NAME, NotTranslatable, Translation
 
 LONG_TOOL = "mcp__a_very_long_server_name__with_an_even_longer_tool_name_that_goes_past_sixty_four"
 
