@@ -5,6 +5,7 @@ The SDK's own accumulator must get a complete Anthropic message, streamed and wh
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +20,58 @@ pytestmark = pytest.mark.integration
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
 
-def serve(
-    tmp_path: Path, mock_factory: Callable[[str], MockProvider], mitmdump_factory: Callable[..., Mitmdump]
-) -> tuple[anthropic.Anthropic, MockProvider, MockProvider, Mitmdump]:
+@dataclass
+class Translated:
+    """A real mitmdump whose app fails over from a failing primary to a backup speaking `api`."""
+
+    port: int
+    primary: MockProvider
+    backup: MockProvider
+    md: Mitmdump
+
+
+def translated(
+    tmp_path: Path,
+    mock_factory: Callable[[str], MockProvider],
+    mitmdump_factory: Callable[..., Mitmdump],
+    app: str,
+    api: str,
+    models: dict[str, str],
+    failure: int,
+) -> Translated:
+    host = {"claude": "api.anthropic.com", "codex": "api.openai.com"}[app]
     primary, backup = mock_factory("primary"), mock_factory("backup")
     queue = [
         configs.provider("primary", primary.base_url),
-        configs.provider("backup", backup.base_url, configs.BACKUP_KEY_ENV, api="openai-chat",
-                         models={"claude-*": "deepseek-chat"}),
-    ]  # fmt: skip
-    config = configs.write(
-        tmp_path / "config.yaml", configs.config({"claude": configs.app("api.anthropic.com", queue)})
-    )
+        configs.provider("backup", backup.base_url, configs.BACKUP_KEY_ENV, api=api, models=models),
+    ]
+    config = configs.write(tmp_path / "config.yaml", configs.config({app: configs.app(host, queue)}))
     port = free_port()
-    md = mitmdump_factory(config, reverse={port: "https://api.anthropic.com"}, env=configs.KEY_ENV)
-    client = anthropic.Anthropic(
+    md = mitmdump_factory(config, reverse={port: f"https://{host}"}, env=configs.KEY_ENV)
+    primary.fault("status", status=failure)
+    return Translated(port, primary, backup, md)
+
+
+def anthropic_client(port: int) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
         base_url=f"http://127.0.0.1:{port}", api_key=configs.CLIENT_KEY, max_retries=0, timeout=15
     )
-    primary.fault("status", status=529)
-    return client, primary, backup, md
+
+
+def openai_client(port: int) -> Any:
+    import openai
+
+    return openai.OpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key=configs.CLIENT_KEY, max_retries=0, timeout=15
+    )
+
+
+def serve(
+    tmp_path: Path, mock_factory: Callable[[str], MockProvider], mitmdump_factory: Callable[..., Mitmdump]
+) -> tuple[anthropic.Anthropic, MockProvider, MockProvider, Mitmdump]:
+    rig = translated(tmp_path, mock_factory, mitmdump_factory, "claude", "openai-chat",
+                     {"claude-*": "deepseek-chat"}, 529)  # fmt: skip
+    return anthropic_client(rig.port), rig.primary, rig.backup, rig.md
 
 
 def test_a_stream_from_a_chat_provider_reaches_the_anthropic_sdk_whole(
@@ -101,19 +135,9 @@ def test_count_tokens_for_a_chat_provider_is_estimated_by_detour(
 def test_an_openai_chat_client_is_served_by_an_anthropic_provider(
     tmp_path: Path, mock_factory: Callable[[str], MockProvider], mitmdump_factory: Callable[..., Mitmdump]
 ) -> None:
-    import openai
-
-    primary, backup = mock_factory("primary"), mock_factory("backup")
-    queue = [
-        configs.provider("primary", primary.base_url),
-        configs.provider("backup", backup.base_url, configs.BACKUP_KEY_ENV, api="anthropic",
-                         models={"gpt-*": "claude-sonnet-4"}),
-    ]  # fmt: skip
-    config = configs.write(tmp_path / "config.yaml", configs.config({"codex": configs.app("api.openai.com", queue)}))  # noqa: E501
-    port = free_port()
-    mitmdump_factory(config, reverse={port: "https://api.openai.com"}, env=configs.KEY_ENV)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=configs.CLIENT_KEY, max_retries=0, timeout=15)  # noqa: E501
-    primary.fault("status", status=503)
+    rig = translated(tmp_path, mock_factory, mitmdump_factory, "codex", "anthropic",
+                     {"gpt-*": "claude-sonnet-4"}, 503)  # fmt: skip
+    client, backup = openai_client(rig.port), rig.backup
     messages: Any = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     with client.chat.completions.stream(model="gpt-5", messages=messages) as stream:
         completion = stream.get_final_completion()
@@ -139,16 +163,8 @@ def test_claudes_sdk_is_served_by_a_responses_or_gemini_provider(
     model: str,
     path: str,
 ) -> None:
-    primary, backup = mock_factory("primary"), mock_factory("backup")
-    queue = [
-        configs.provider("primary", primary.base_url),
-        configs.provider("backup", backup.base_url, configs.BACKUP_KEY_ENV, api=api, models={"claude-*": model}),  # noqa: E501
-    ]
-    config = configs.write(tmp_path / "config.yaml", configs.config({"claude": configs.app("api.anthropic.com", queue)}))  # noqa: E501
-    port = free_port()
-    mitmdump_factory(config, reverse={port: "https://api.anthropic.com"}, env=configs.KEY_ENV)
-    client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key=configs.CLIENT_KEY, max_retries=0, timeout=15)  # noqa: E501
-    primary.fault("status", status=529)
+    rig = translated(tmp_path, mock_factory, mitmdump_factory, "claude", api, {"claude-*": model}, 529)
+    client, backup = anthropic_client(rig.port), rig.backup
     with client.messages.stream(model="claude-sonnet-4", max_tokens=64, messages=MESSAGES) as stream:
         message = stream.get_final_message()
     assert message.content[0].type == "text" and message.content[0].text == "hello from backup"
@@ -163,19 +179,9 @@ def test_a_responses_client_is_served_by_an_anthropic_provider(
 ) -> None:
     """Codex's API (Responses) through a real mitmdump to a provider that speaks only Anthropic: the
     `openai` SDK's own Responses accumulator gets the answer, streamed and whole."""
-    import openai
-
-    primary, backup = mock_factory("primary"), mock_factory("backup")
-    queue = [
-        configs.provider("primary", primary.base_url),
-        configs.provider("backup", backup.base_url, configs.BACKUP_KEY_ENV, api="anthropic",
-                         models={"gpt-*": "claude-sonnet-4"}),
-    ]  # fmt: skip
-    config = configs.write(tmp_path / "config.yaml", configs.config({"codex": configs.app("api.openai.com", queue)}))  # noqa: E501
-    port = free_port()
-    mitmdump_factory(config, reverse={port: "https://api.openai.com"}, env=configs.KEY_ENV)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=configs.CLIENT_KEY, max_retries=0, timeout=15)  # noqa: E501
-    primary.fault("status", status=503)
+    rig = translated(tmp_path, mock_factory, mitmdump_factory, "codex", "anthropic",
+                     {"gpt-*": "claude-sonnet-4"}, 503)  # fmt: skip
+    client, backup = openai_client(rig.port), rig.backup
     with client.responses.stream(model="gpt-5", instructions="Be brief.", input="hi") as stream:
         response = stream.get_final_response()
     assert response.output_text == "hello from backup" and response.status == "completed"
