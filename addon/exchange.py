@@ -443,10 +443,10 @@ class Exchange:
         self._reached = False
         #: The status of the last failed WebSocket handshake, for the client when every provider failed.
         self._failed_handshake: int | None = None
-        #: What the client got of a streamed answer, kept while it may have to be continued.
-        self._sent: bytearray | None = (
-            bytearray() if app.continue_streams and delivery is Delivery.STREAM and body else None
-        )
+        #: What the client got of a streamed answer, kept while it may have to be continued (only
+        #: for a dialect that can continue one: a copy of every stream otherwise would be for nothing).
+        continues = app.continue_streams and dialect.continues and delivery is Delivery.STREAM and body
+        self._sent: bytearray | None = bytearray() if continues else None
         #: A broken answer being continued, and why it broke (the client's cut if nobody continues).
         self._continuing: Transcript | None = None
         self._broke: Verdict | None = None

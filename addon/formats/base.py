@@ -41,6 +41,11 @@ class Dialect:
     #: The model-API paths an app of this family routes by default (globs, query ignored).
     paths: tuple[str, ...]
 
+    @property
+    def continues(self) -> bool:
+        """A broken answer in this dialect can be continued elsewhere (it reads transcripts)."""
+        return type(self).transcript is not Dialect.transcript
+
     def is_stream_request(self, path: str, body: bytes) -> bool:
         """The client asked for a streamed answer (`"stream": true`)."""
         return json_true(body, b'"stream"')
