@@ -27,6 +27,7 @@ from addon.classify import ErrorKind
 from addon.control import Control, ProbeTicket
 from addon.credentials import AUTH_STYLES
 from addon.driver import Sender
+from addon.formats.codec_anthropic import ANTHROPIC_VERSION
 from addon.http1 import End, Head
 from addon.model import Api, App, Provider
 from addon.rewrite import OutboundRequest, parse_target
@@ -57,7 +58,7 @@ def probe_request(app: App, provider: Provider) -> OutboundRequest:
     fields = [(b"host", target.authority.encode()), (b"accept", b"application/json"),
               (b"user-agent", _USER_AGENT), (b"accept-encoding", b"identity")]  # fmt: skip
     if app.api == "anthropic":
-        fields.append((b"anthropic-version", b"2023-06-01"))
+        fields.append((b"anthropic-version", ANTHROPIC_VERSION.encode()))
     if provider.api_key is not None:
         AUTH_STYLES[provider.auth].apply(fields, provider.api_key)
     return OutboundRequest(target, "GET", target.prefix + MODELS_PATHS[app.api], tuple(fields), b"")
