@@ -67,10 +67,19 @@ class Verdict:
     reason: str
     status: int | None = None
     retry_after: float | None = None
+    #: The failure had no usable status: what happened instead (the attempt log's error kind).
+    kind: ErrorKind | None = None
 
     @property
     def fails_over(self) -> bool:
         return self.outcome.fails_over
+
+    @property
+    def error_kind(self) -> str:
+        """"" for a success, else the `ErrorKind` value, or "http" for a failure by status alone."""
+        if self.kind is not None:
+            return self.kind.value
+        return "" if self.outcome is Outcome.SUCCESS else "http"
 
 
 def classify_status(
@@ -112,7 +121,7 @@ _ERROR_OUTCOMES = {
 def classify_error(kind: ErrorKind, detail: str = "") -> Verdict:
     """Classify a failure that produced no usable status."""
     reason = kind.value if not detail else f"{kind.value}: {detail}"
-    return Verdict(_ERROR_OUTCOMES[kind], reason)
+    return Verdict(_ERROR_OUTCOMES[kind], reason, kind=kind)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -31,6 +31,7 @@ from addon.model import (
     App,
     BreakerPolicy,
     Config,
+    Price,
     Provider,
     RetrySame,
     StatusPolicy,
@@ -44,12 +45,19 @@ DEFAULT_AUTH: dict[Api, str] = {
     "gemini": "x-goog-api-key",
 }
 
-_TOP_KEYS = ("state", "breaker", "timeouts", "switch_min_interval", "attempt_log_limit", "max_body", "apps")
+_TOP_KEYS = (
+    "state", "breaker", "timeouts", "switch_min_interval", "attempt_log_limit", "max_body", "apps", "prices",
+)  # fmt: skip
+_PRICE_KEYS = ("input", "output", "cache_read", "cache_write")
+#: A price above this (dollars per million tokens) is a typo: no model costs that much.
+_MAX_PRICE = 10_000.0
 _APP_KEYS = (
     "hosts", "providers", "paths", "max_attempts", "timeouts", "api", "error_shape",
     "failover_statuses", "client_error_statuses", "retry_same", "continue_streams",
 )  # fmt: skip
-_PROVIDER_KEYS = ("id", "base_url", "api_key", "auth", "models", "breaker", "enabled", "api")
+_PROVIDER_KEYS = (
+    "id", "base_url", "api_key", "auth", "models", "breaker", "enabled", "api", "price_multiplier",
+)  # fmt: skip
 _APP_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 _PROVIDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -251,6 +259,15 @@ def _size(at: _At, value: object, lo: int, hi: int) -> int:
     return size
 
 
+def _number(at: _At, value: object, lo: float, hi: float) -> float:
+    """A plain number from lo to hi (prices, multipliers): a duration or a word is a typo here."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise at.error(f"must be a number, got {_show(value) if isinstance(value, str) else _kind(value)}")
+    if not lo <= value <= hi:
+        raise at.error(f"must be from {lo:g} to {hi:g}, got {_show(value)}")
+    return float(value)
+
+
 def _bool(at: _At, value: object) -> bool:
     if not isinstance(value, bool):
         raise at.error(f"must be true or false, got {_show(value)}")
@@ -323,6 +340,7 @@ class _Parser:
             at.key("attempt_log_limit"), top.get("attempt_log_limit", 10_000), 100, _MAX_LOG_LIMIT
         )
         max_body = _size(at.key("max_body"), top.get("max_body", "32MiB"), _MIN_BODY, _MAX_BODY)
+        prices = self.prices(at.key("prices"), top.get("prices", {}))
         apps_at = at.key("apps")
         apps = _mapping(apps_at, _required(at, top, "apps"))
         if not apps:
@@ -339,6 +357,7 @@ class _Parser:
             switch_min_interval=interval,
             attempt_log_limit=log_limit,
             max_body=max_body,
+            prices=prices,
             warnings=tuple(self.warnings),
         )
 
@@ -524,6 +543,7 @@ class _Parser:
             models=self.models(at.key("models"), spec.get("models", {})),
             breaker=self.breaker(at.key("breaker"), spec.get("breaker", {}), breaker),
             api=api,
+            price_multiplier=_number(at.key("price_multiplier"), spec.get("price_multiplier", 1.0), 0, 1000),
         )
         if not enabled:
             return _Entry(provider_id, at, None, "enabled is false")
@@ -538,6 +558,26 @@ class _Parser:
             why = f"environment variable{plural} {', '.join(unsafe)} {verb} spaces or control characters"
             return _Entry(provider_id, at, None, why)
         return _Entry(provider_id, at, provider, "")
+
+    def prices(self, at: _At, value: object) -> tuple[tuple[str, Price], ...]:
+        """`prices:` maps model globs to dollars per million tokens, first match wins."""
+        entries = []
+        for pattern, spec in _mapping(at, value).items():
+            entry_at = at.item(repr(pattern))
+            if not isinstance(pattern, str) or not pattern:
+                raise entry_at.error(f"model pattern must be a non-empty string, got {_kind(pattern)}")
+            fields = _mapping(entry_at, spec, _PRICE_KEYS)
+
+            def dollars(key: str, fields: Mapping[str, object] = fields, at: _At = entry_at) -> float | None:
+                return _number(at.key(key), fields[key], 0, _MAX_PRICE) if key in fields else None
+
+            price_in, price_out = dollars("input"), dollars("output")
+            if price_in is None or price_out is None:
+                missing = " and ".join(k for k in ("input", "output") if k not in fields)
+                raise entry_at.error(f"needs {missing} (dollars per million tokens)")
+            price = Price(price_in, price_out, dollars("cache_read"), dollars("cache_write"))
+            entries.append((pattern, price))
+        return tuple(entries)
 
     def models(self, at: _At, value: object) -> tuple[tuple[str, str], ...]:
         pairs = []

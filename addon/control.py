@@ -25,14 +25,18 @@ from dataclasses import dataclass
 
 from addon.breaker import BreakerSnapshot, Clock, Permit, State, Transition
 from addon.classify import Outcome, Verdict
+from addon.formats.usage import Tokens
 from addon.model import App, Config, Provider
 from addon.router import BreakerKey, Router
 from addon.secrets import redact
 from addon.state import AttemptRecord, StateBackend
 from addon.switch import SwitchEvent, SwitchManager
+from addon.usage import Metering, Pricing, Totals, totals
 
 logger = logging.getLogger("detour")
 
+#: The attempt log's outcome for an attempt the client left before it ended (no breaker verdict).
+CLIENT_GONE = "client_gone"
 #: The permit of a provider that vanished in a reload while a request held it in its queue: the
 #: request may still use it (the queue is a snapshot); its result is recorded by no breaker.
 DETACHED = Permit(-1, probe=False)
@@ -61,6 +65,7 @@ class Control:
         self.store = store
         loaded = store.open()
         self.config = config
+        self.pricing = Pricing(config)
         breakers = {key: self._from_wall(snap) for key, snap in loaded.breakers.items()}
         self.router = Router(config, clock, breakers)
         self.switches = SwitchManager(
@@ -82,6 +87,7 @@ class Control:
         for app, provider in self.router.reconfigure(config):
             self.store.forget_breaker(app, provider)
         self.config = config
+        self.pricing = Pricing(config, self.pricing.table)
         self.switches.min_interval = config.switch_min_interval
         self._pins = {a: p for a, p in self._pins.items() if self._provider(a, p) is not None}
         self.secrets = secrets_of(config)
@@ -149,25 +155,50 @@ class Control:
         verdict: Verdict,
         latency_ms: float,
         status: int | None = None,
+        metering: Metering | None = None,
     ) -> Transition | None:
         """Feed one attempt to its breaker and the attempt log; `status` overrides the verdict's."""
         outcome = verdict.outcome
         transition = None if permit is DETACHED else self.router.record_result(app, provider, permit, verdict)
-        self.store.log_attempt(
-            AttemptRecord(
-                self.wall(),
-                app,
-                provider,
-                status if status is not None else verdict.status,
-                outcome.value,
-                round(latency_ms, 2),
-                "" if outcome is Outcome.SUCCESS else verdict.reason,
-            )
+        record = AttemptRecord(
+            self.wall(),
+            app,
+            provider,
+            status if status is not None else verdict.status,
+            outcome.value,
+            round(latency_ms, 2),
+            "" if outcome is Outcome.SUCCESS else verdict.reason,
+            verdict.error_kind,
         )
+        if metering is not None:
+            record = _metered(record, metering)
+        self.store.log_attempt(record)
         if transition is not None:
             self._persist_breaker(app, provider, transition)
             self._reconsider(app, f"{provider}: circuit {transition.after.value} ({transition.reason})")
         return transition
+
+    def abandoned(
+        self, app: str, provider: str, latency_ms: float, status: int | None, metering: Metering
+    ) -> None:
+        """Log an attempt the client left before it ended: no verdict on the provider (its breaker
+        hears nothing), but the attempt log keeps it, since a provider charges a started answer."""
+        record = AttemptRecord(
+            self.wall(), app, provider, status, CLIENT_GONE, round(latency_ms, 2), "the client left"
+        )
+        self.store.log_attempt(_metered(record, metering))
+
+    def cost(self, app: str, provider: str, metering: Metering) -> float | None:
+        """What one attempt cost at the configured prices (None: unknown)."""
+        return self.pricing(_metered(AttemptRecord(0.0, app, provider, None, "success", 0.0, ""), metering))
+
+    def usage(self, window: float) -> tuple[list[Totals], float | None]:
+        """Totals per app, provider and model over the last `window` seconds, and when the attempt
+        log starts if it was pruned inside the window (older attempts are not counted)."""
+        since = self.wall() - window
+        groups = totals(self.store.attempts_since(since), self.pricing)
+        first = self.store.first_logged()
+        return groups, first if first is not None and first > since and groups else None
 
     def release(self, app: str, provider: str, permit: Permit) -> None:
         if permit is not DETACHED:
@@ -332,3 +363,22 @@ def secrets_of(config: Config) -> tuple[str, ...]:
 def monotonic_control(config: Config, store: StateBackend) -> Control:
     """The control plane as the proxy runs it: monotonic deadlines, wall-clock records."""
     return Control(config, time.monotonic, store, time.time)
+
+
+def _metered(record: AttemptRecord, metering: Metering) -> AttemptRecord:
+    """`record` with what the exchange measured of the attempt: its models, timings and tokens."""
+    tokens = metering.tokens or Tokens()
+    return record._replace(
+        dialect=metering.dialect,
+        streamed=metering.streamed,
+        model_requested=metering.model_requested,
+        model=metering.model,
+        ttfb_ms=metering.ttfb_ms,
+        ttft_ms=metering.ttft_ms,
+        input_tokens=tokens.input,
+        cache_read_tokens=tokens.cache_read,
+        cache_write_tokens=tokens.cache_write,
+        output_tokens=tokens.output,
+        reasoning_tokens=tokens.reasoning,
+        response_id=tokens.response_id,
+    )

@@ -319,13 +319,26 @@ class _Run:
         elif isinstance(action, Record):
             attempt = action.attempt
             latency = (d.clock() - self.started.get(attempt.number, d.clock())) * 1000
+            metering = ex.metering(attempt)
             d.control.record(
-                ex.app.name, attempt.provider.id, attempt.permit, action.verdict, latency, attempt.status
+                ex.app.name,
+                attempt.provider.id,
+                attempt.permit,
+                action.verdict,
+                latency,
+                attempt.status,
+                metering,
             )
             self.settle(attempt)
             self.report(attempt, action.verdict)
         elif isinstance(action, Release):
-            d.control.release(ex.app.name, action.attempt.provider.id, action.attempt.permit)
+            attempt = action.attempt
+            d.control.release(ex.app.name, attempt.provider.id, attempt.permit)
+            if self.gone and attempt.number in self.outbound:  # sent, then abandoned: it may have cost
+                latency = (d.clock() - self.started.get(attempt.number, d.clock())) * 1000
+                d.control.abandoned(
+                    ex.app.name, attempt.provider.id, latency, attempt.status, ex.metering(attempt)
+                )
             self.settle(action.attempt)
             self.report(action.attempt, None)
         elif isinstance(action, Done | HoldBack):

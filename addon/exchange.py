@@ -42,8 +42,10 @@ from addon.formats import DIALECTS, Dialect, StreamWatch
 from addon.formats.codec_anthropic import without_unsigned_thinking
 from addon.formats.continuation import Restarted, Splicer, Transcript
 from addon.formats.translation import NotTranslatable, Translation, translation_for
+from addon.formats.usage import Tokens
 from addon.model import App, Provider, Timeouts
 from addon.secrets import redact, redact_bytes
+from addon.usage import Metering
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
@@ -318,6 +320,8 @@ class Result:
     client_gone: bool = False
     #: The answer was begun by a provider that broke and continued by `served_by`.
     continued: bool = False
+    #: What the attempt log records of `served_by`'s attempt: its models, timings and tokens.
+    metering: Metering | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -362,6 +366,12 @@ class Attempt:
     splicer: Splicer | None = None
     #: The provider speaks another dialect: its request, answer and events are translated.
     translation: Translation | None = None
+    #: When the answer's head and its first generated content arrived (0: not yet).
+    head_at: float = 0.0
+    first_token_at: float = 0.0
+    #: The tokens the answer reported, once read (`Exchange.tokens`).
+    tokens: Tokens | None = None
+    tokens_read: bool = False
 
     @property
     def client_has_head(self) -> bool:
@@ -455,6 +465,8 @@ class Exchange:
         #: Same-provider retries: how many each provider had, and the one waiting for its time.
         self._retries: dict[str, int] = {}
         self._retry: tuple[Provider, float] | None = None
+        #: The model the client asked for, read from its request when the first attempt is recorded.
+        self._requested: str | None = None
 
     # --- the driver's interface ---------------------------------------------------------------
 
@@ -560,6 +572,7 @@ class Exchange:
         self._reached = True
         attempt.phase = Phase.RECEIVING
         attempt.last_activity = event.now
+        attempt.head_at = event.now
         attempt.status = event.status
         attempt.headers = event.headers
         verdict = classify_status(event.status, _retry_headers(event.headers), self.app.statuses, event.wall)
@@ -629,6 +642,8 @@ class Exchange:
         watch = attempt.watch
         if watch is not None:
             watch.feed(data)
+            if not attempt.first_token_at and watch.content_started:
+                attempt.first_token_at = event.now
         if attempt.streaming:
             try:
                 ready = self._complete_events(attempt, data)
@@ -684,7 +699,7 @@ class Exchange:
             attempt.held += attempt.pending  # a complete answer without content (or with little)
             attempt.pending = b""
             released = self._release_head(attempt)
-            return [*released, Record(attempt, verdict), self._done(attempt.provider, verdict), Finish()]
+            return [*released, Record(attempt, verdict), self._served(attempt, verdict), Finish()]
         if attempt.streaming:
             self.attempt = None
             verdict = self._masked(verdict)
@@ -700,7 +715,7 @@ class Exchange:
                     return self._restarted(attempt, e)
                 if attempt.splicer is not None:
                     rest = self._redacted(attempt.splicer.flush()) + rest
-                done = self._done(attempt.provider, verdict)
+                done = self._served(attempt, verdict)
                 return [*self._forward(rest), Record(attempt, verdict), done, Finish()]
             # Broken: an unfinished event at the end is dropped, never glued to what follows.
             return self._broken(attempt, verdict)
@@ -889,7 +904,7 @@ class Exchange:
         whole = self.readable(Answer(status, attempt.headers, bytes(attempt.body)))
         answer = self._for_client(attempt, whole)
         headers = self._client_headers(answer.headers, attempt.provider)
-        return [Deliver(status, headers, self._redacted(answer.body)), self._done(attempt.provider, verdict)]
+        return [Deliver(status, headers, self._redacted(answer.body)), self._served(attempt, verdict)]
 
     def readable(self, answer: Answer) -> Answer:
         """A whole answer uncompressed, so masking sees its keys (Detour asked for `identity`; a provider
@@ -946,13 +961,58 @@ class Exchange:
         headers += self._detour_headers(None)
         return Refuse(status, tuple(headers), self.dialect.error_body(status, redact(message, self.secrets)))
 
-    def _done(self, served_by: Provider | None, verdict: Verdict | None = None) -> Done:
+    def _done(
+        self, served_by: Provider | None, verdict: Verdict | None = None, metering: Metering | None = None
+    ) -> Done:
         self.attempt = None
         continued = served_by is not None and self._continuing is not None
         self.result = Result(
-            served_by, verdict, tuple(self.failed), self.attempts, self._streamed(), continued=continued
+            served_by,
+            verdict,
+            tuple(self.failed),
+            self.attempts,
+            self._streamed(),
+            continued=continued,
+            metering=metering,
         )
         return Done(self.result)
+
+    def _served(self, attempt: Attempt, verdict: Verdict) -> Done:
+        return self._done(attempt.provider, verdict, self.metering(attempt))
+
+    # --- accounting (read once an attempt is over, never while its answer is on its way) ---------
+
+    def tokens(self, attempt: Attempt) -> Tokens | None:
+        """The tokens `attempt`'s provider reported, in its own dialect (read once, then kept)."""
+        if not attempt.tokens_read:
+            attempt.tokens_read = True
+            attempt.tokens = self._read_tokens(attempt)
+        return attempt.tokens
+
+    def _read_tokens(self, attempt: Attempt) -> Tokens | None:
+        dialect = self._provider_dialect(attempt)
+        if attempt.watch is not None:
+            return attempt.watch.meter.tokens()
+        status = attempt.status
+        if attempt.streaming or not attempt.body or status is None or not 200 <= status < 300:
+            return None
+        return dialect.body_tokens(self.readable(Answer(status, attempt.headers, bytes(attempt.body))).body)
+
+    def metering(self, attempt: Attempt) -> Metering:
+        """What the attempt log records of `attempt` besides its verdict."""
+        if self._requested is None:
+            self._requested = self.dialect.requested_model(self.path, self.body)
+        requested = self._requested
+        sent = (attempt.provider.map_model(requested) or requested) if requested else ""
+        return Metering(
+            self._provider_dialect(attempt).name,
+            self._streamed(),
+            requested,
+            sent,
+            _since(attempt.started, attempt.head_at),
+            _since(attempt.started, attempt.first_token_at),
+            self.tokens(attempt),
+        )
 
     def _streamed(self) -> bool:
         return self.delivery is Delivery.STREAM
@@ -1006,6 +1066,11 @@ _HANDLERS: dict[type, Callable[[Exchange, Any], list[Action]]] = {
     Unsendable: Exchange._on_unsendable,
     ClientGone: Exchange._on_client_gone,
 }
+
+
+def _since(start: float, moment: float) -> float | None:
+    """Milliseconds from `start` to `moment`, or None when it never came (0)."""
+    return round((moment - start) * 1000, 2) if moment else None
 
 
 def _last_event_end(data: bytes) -> int:

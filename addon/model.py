@@ -107,6 +107,8 @@ class Provider:
     #: The dialect this provider speaks when it isn't the client's (`addon.formats.DIALECTS`):
     #: requests and answers are translated (`addon.formats.translation`).
     api: str | None = None
+    #: This provider's prices are the listed ones times this (a reseller's markup, a discount).
+    price_multiplier: float = 1.0
 
     @property
     def owns_credentials(self) -> bool:
@@ -164,6 +166,16 @@ def plain_path(path: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Price:
+    """US dollars per million tokens of one model. A cache price not listed is charged as input."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated config file."""
 
@@ -176,11 +188,17 @@ class Config:
     attempt_log_limit: int = 10_000
     #: The most bytes of one answer held in memory (a non-streamed answer, or a failure's body).
     max_body: int = 32 * 1024 * 1024
+    #: Model globs and their prices, first match wins (`addon.usage`).
+    prices: tuple[tuple[str, Price], ...] = ()
     #: Human-readable notes for the operator, e.g. providers disabled because a variable is unset.
     warnings: tuple[str, ...] = ()
 
     def app(self, name: str) -> App | None:
         return next((a for a in self.apps if a.name == name), None)
+
+    def price(self, model: str) -> Price | None:
+        """The configured price of `model`, or None when no glob matches it."""
+        return next((p for pattern, p in self.prices if fnmatch.fnmatchcase(model, pattern)), None)
 
     def app_for_host(self, host: str) -> App | None:
         host = host.lower().rstrip(".")

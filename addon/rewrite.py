@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from addon import codecs
 from addon.credentials import AUTH_STYLES, CLIENT_CREDENTIAL_PARAMS, CLIENT_CREDENTIALS, Fields
+from addon.formats.documents import string_members
 from addon.model import Provider
 
 #: Headers that describe one connection, not the request: never forwarded to a provider.
@@ -220,44 +221,7 @@ def map_body_model(body: bytes, provider: Provider) -> bytes | None:
     return "".join(out).encode("utf-8", "surrogatepass")
 
 
-_decoder = json.JSONDecoder()
-_WHITESPACE = " \t\n\r"
-
-
 def model_spans(body: bytes) -> list[tuple[int, int, str]]:
     """(start, end, value) of every top-level `"model": "<string>"` in a JSON object body, as
     character offsets into its UTF-8 text; [] for anything that isn't such an object."""
-    if not body or body.lstrip()[:1] != b"{" or b'"model"' not in body:
-        return []
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return []
-    spans: list[tuple[int, int, str]] = []
-    try:
-        i = _skip_ws(text, text.index("{") + 1)
-        for _ in range(len(text)):  # bounded: every pass consumes one member
-            if text[i] == "}":
-                return spans
-            key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
-            i = _skip_ws(text, i)
-            if text[i] != ":":
-                return []
-            i = _skip_ws(text, i + 1)
-            value, end = _decoder.raw_decode(text, i)
-            if key == "model" and isinstance(value, str):
-                spans.append((i, end, value))
-            i = _skip_ws(text, end)
-            if text[i] == ",":
-                i = _skip_ws(text, i + 1)
-            elif text[i] != "}":
-                return []
-    except (ValueError, IndexError, RecursionError):
-        return []
-    return []
-
-
-def _skip_ws(text: str, i: int) -> int:
-    while text[i] in _WHITESPACE:
-        i += 1
-    return i
+    return string_members(body, "model")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from addon.formats.base import Dialect, EventKind, error_text
 from addon.formats.continuation import Splicer, Transcript, documents, dumps, with_assistant_turn
 from addon.formats.documents import json_object
 from addon.formats.sse import SSEEvent
+from addon.formats.usage import Tokens, anthropic_usage, body_document, member, parsed
 
 _EVENTS = {
     "message_stop": EventKind.TERMINAL,
@@ -28,6 +30,9 @@ _ERROR_TYPES = {
 #: "prompt is too long: 215000 tokens > 200000 maximum", "input length and `max_tokens` exceed
 #: context limit: ...": a model with a larger context window may take the same request.
 _CONTEXT_EXCEEDED = re.compile(r"prompt is too long|exceed context limit|context window", re.IGNORECASE)
+#: Events that report usage: `message_start` (input and cache counts, a placeholder output count) and
+#: `message_delta` (cumulative counts, the final output among them).
+_USAGE_SLOTS = {"message_start": "start", "message_delta": "delta"}
 #: Events that end the message: after one of them there is nothing left to continue.
 _ENDING = frozenset({"message_delta", "message_stop", "error"})
 
@@ -46,6 +51,29 @@ class Anthropic(Dialect):
         if event.event != "message":
             return _EVENTS.get(event.event, EventKind.OTHER)
         return _EVENTS.get(_name(event, json_object(event.data)), EventKind.OTHER)
+
+    def usage_slot(self, event: SSEEvent) -> str | None:
+        return _USAGE_SLOTS.get(event.event)
+
+    def stream_tokens(self, kept: Mapping[str, str]) -> Tokens | None:
+        message = member(parsed(kept, "start"), "message")
+        started = anthropic_usage(member(message, "usage")) or Tokens()
+        delta = anthropic_usage(member(parsed(kept, "delta"), "usage"))
+        if delta is None:  # cut before its final counts: the output so far is not known
+            tokens = Tokens(started.input, started.cache_read, started.cache_write)
+        else:  # later counts win; a count `message_delta` leaves out stays as `message_start` said
+            tokens = Tokens(
+                delta.input if delta.input is not None else started.input,
+                delta.cache_read or started.cache_read,
+                delta.cache_write or started.cache_write,
+                delta.output,
+            )
+        return tokens.with_ids(message, "id", "model") if isinstance(message, dict) else tokens
+
+    def body_tokens(self, body: bytes) -> Tokens | None:
+        document = body_document(body)
+        tokens = anthropic_usage(member(document, "usage"))
+        return tokens.with_ids(document, "id", "model") if tokens is not None and document else tokens
 
     def error_document(self, status: int, message: str) -> dict[str, object]:
         kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from addon.formats.continuation import Splicer, Transcript
-from addon.formats.documents import json_object
+from addon.formats.documents import first_model, json_object
 from addon.formats.sse import SSEEvent, SSEParser
+from addon.formats.usage import Tokens, UsageMeter
 
 #: How much of an in-stream error event is kept for the failure reason (masked, then shortened, by the
 #: exchange: a key must not be cut in half before it is masked).
@@ -87,6 +89,24 @@ class Dialect:
         """A JSON error body for `status` that this dialect's official SDK parses."""
         return json.dumps(self.error_document(status, message)).encode()
 
+    def usage_slot(self, event: SSEEvent) -> str | None:
+        """The role this streamed event plays in reporting usage (its raw text is kept under that
+        name, the last one of each role winning), or None for the many that carry none. Called for
+        every event: it must not parse."""
+        return None
+
+    def stream_tokens(self, kept: Mapping[str, str]) -> Tokens | None:
+        """A stream's tokens from the events `usage_slot` kept; counts not yet final are None."""
+        return None
+
+    def body_tokens(self, body: bytes) -> Tokens | None:
+        """A whole answer's tokens (None when the body reports none, e.g. an error)."""
+        return None
+
+    def requested_model(self, path: str, body: bytes) -> str:
+        """The model the client asked for ("" if none): the request's first top-level `model`."""
+        return first_model(body)
+
     def watch(self) -> StreamWatch:
         return StreamWatch(self)
 
@@ -135,11 +155,23 @@ class StreamWatch:
     """Follows one streamed answer: did it end as its dialect says a complete answer ends, did it
     report an error, has content begun? Fed the raw chunks exactly as they arrive."""
 
-    __slots__ = ("_dialect", "_parser", "content_started", "error", "events", "finished", "last", "terminal")
+    __slots__ = (
+        "_dialect",
+        "_parser",
+        "content_started",
+        "error",
+        "events",
+        "finished",
+        "last",
+        "meter",
+        "terminal",
+    )
 
     def __init__(self, dialect: Dialect) -> None:
         self._dialect = dialect
         self._parser = SSEParser()
+        #: The usage events seen, read when the attempt is recorded.
+        self.meter = UsageMeter(dialect)
         self.events = 0
         self.last: list[SSEEvent] = []
         self.content_started = False
@@ -151,8 +183,10 @@ class StreamWatch:
     def feed(self, chunk: bytes) -> None:
         #: The events this chunk completed (a translation reads them instead of parsing again).
         self.last = self._parser.feed(chunk)
+        see = self.meter.see
         for event in self.last:
             self.events += 1
+            see(event)
             kind = self._dialect.classify_event(event)
             if kind is EventKind.OTHER:
                 continue

@@ -34,6 +34,7 @@ from addon.formats.ir import (
     objects,
 )
 from addon.formats.sse import SSEEvent
+from addon.formats.usage import anthropic_usage, ir_usage
 
 #: Claude Code starts its system prompt with a line that changes on every request.
 BILLING_LINE = "x-anthropic-billing-header"
@@ -414,16 +415,7 @@ def _source(url: str) -> dict[str, object]:
 
 
 def usage_in(value: object) -> Usage | None:
-    if not isinstance(value, dict):
-        return None
-    fresh, output, cached = (
-        value.get(k) for k in ("input_tokens", "output_tokens", "cache_read_input_tokens")
-    )
-    return Usage(
-        input=fresh if isinstance(fresh, int) else 0,
-        output=output if isinstance(output, int) else 0,
-        cache_read=cached if isinstance(cached, int) else 0,
-    )
+    return ir_usage(anthropic_usage(value))
 
 
 def decode_message(document: dict[str, object]) -> Message:

@@ -33,6 +33,7 @@ from addon.formats.ir import (
     objects,
 )
 from addon.formats.sse import SSEEvent
+from addon.formats.usage import chat_usage, ir_usage
 
 #: Models that take `max_completion_tokens` and `reasoning_effort` (OpenAI's reasoning families).
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
@@ -150,19 +151,7 @@ def _clean(value: object) -> object:
 
 
 def usage_of(document: dict[str, object]) -> Usage | None:
-    usage = document.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    cached = cached if isinstance(cached, int) else 0
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens")
-    return Usage(
-        input=max(0, (prompt if isinstance(prompt, int) else 0) - cached),
-        output=completion if isinstance(completion, int) else 0,
-        cache_read=cached,
-    )
+    return ir_usage(chat_usage(document.get("usage")))
 
 
 class InlineThinking:

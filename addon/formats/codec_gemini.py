@@ -29,6 +29,7 @@ from addon.formats.ir import (
     Usage,
 )
 from addon.formats.sse import SSEEvent
+from addon.formats.usage import gemini_usage, ir_usage
 
 #: The JSON-schema keywords Gemini's function declarations take; others are dropped.
 _SCHEMA_KEYS = frozenset(
@@ -140,15 +141,7 @@ def _schema(value: object) -> object:
 
 
 def _usage(value: object) -> Usage | None:
-    if not isinstance(value, dict):
-        return None
-    prompt, total, cached = (
-        value.get(k) for k in ("promptTokenCount", "totalTokenCount", "cachedContentTokenCount")
-    )
-    prompt = prompt if isinstance(prompt, int) else 0
-    cached = cached if isinstance(cached, int) else 0
-    output = (total if isinstance(total, int) else prompt) - prompt
-    return Usage(input=max(0, prompt - cached), output=max(0, output), cache_read=cached)
+    return ir_usage(gemini_usage(value))
 
 
 def _candidate(document: dict[str, object]) -> dict[str, object]:

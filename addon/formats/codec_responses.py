@@ -32,6 +32,7 @@ from addon.formats.ir import (
     objects,
 )
 from addon.formats.sse import SSEEvent
+from addon.formats.usage import ir_usage, responses_usage
 
 
 def decode_request(document: dict[str, object]) -> Conversation:
@@ -385,14 +386,7 @@ def encode_request(conversation: Conversation) -> dict[str, object]:
 
 
 def _usage_in(value: object) -> Usage | None:
-    if not isinstance(value, dict):
-        return None
-    details = value.get("input_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    cached = cached if isinstance(cached, int) else 0
-    total_in, output = value.get("input_tokens"), value.get("output_tokens")
-    total_in = total_in if isinstance(total_in, int) else 0
-    return Usage(max(0, total_in - cached), output if isinstance(output, int) else 0, cached)
+    return ir_usage(responses_usage(value))
 
 
 def _stop_of(response: dict[str, object], calls: bool) -> Stop:

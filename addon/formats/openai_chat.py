@@ -7,6 +7,7 @@ complete all the same.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ from addon.formats.base import Dialect, EventKind, error_text
 from addon.formats.continuation import Splicer, Transcript, documents, dumps, with_assistant_turn
 from addon.formats.documents import json_object
 from addon.formats.sse import SSEEvent
+from addon.formats.usage import Tokens, body_document, chat_usage, parsed
 
 #: A `finish_reason` with a non-empty string value: the chunk that ends a choice.
 _FINISHED = re.compile(r'"finish_reason"\s*:\s*"[^"]')
@@ -80,6 +82,26 @@ class OpenAIChat(Dialect):
         if document is None:
             return True
         return any(_delta(c).get(f) for c in _choices(document) for f in _CONTENT_FIELDS)
+
+    def usage_slot(self, event: SSEEvent) -> str | None:
+        # The usage chunk comes last, and only when the request asked for it (`stream_options.
+        # include_usage`: Detour asks when it translates; a native client's stream has it or not).
+        # Other chunks name the completion's id and model.
+        data = event.data
+        if '"prompt_tokens"' in data:
+            return "usage"
+        return "chunk" if data != "[DONE]" else None
+
+    def stream_tokens(self, kept: Mapping[str, str]) -> Tokens | None:
+        document = parsed(kept, "usage") or parsed(kept, "chunk")
+        if document is None:
+            return None
+        return (chat_usage(document.get("usage")) or Tokens()).with_ids(document, "id", "model")
+
+    def body_tokens(self, body: bytes) -> Tokens | None:
+        document = body_document(body)
+        tokens = chat_usage(document.get("usage")) if document is not None else None
+        return tokens.with_ids(document, "id", "model") if tokens is not None and document else tokens
 
     def error_document(self, status: int, message: str) -> dict[str, object]:
         return openai_error(status, message)

@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from addon.formats.base import Dialect, EventKind
 from addon.formats.documents import json_object
 from addon.formats.openai_chat import openai_context_exceeded, openai_error
 from addon.formats.sse import SSEEvent
+from addon.formats.usage import Tokens, body_document, member, parsed, responses_usage
 
 _EVENTS = {
     "response.completed": EventKind.TERMINAL,
@@ -27,6 +29,34 @@ _EVENTS = {
     "response.output_item.added": EventKind.CONTENT,
 }
 
+#: The events that carry the response object: its id and model when it starts, its usage at the end.
+_USAGE_SLOTS = {
+    "response.created": "created",
+    "response.completed": "final",
+    "response.incomplete": "final",
+    "response.failed": "final",
+}
+
+
+def response_event_name(event: SSEEvent) -> str:
+    """The event's name; an unnamed one (WebSocket messages, some servers) carries it as `type`,
+    which comes first in what OpenAI sends, so a look at the start of the data finds it unparsed."""
+    if event.event != "message":
+        return event.event
+    head = event.data[:48]
+    for name in _USAGE_SLOTS:
+        if f'"{name}"' in head:
+            return name
+    return ""
+
+
+def response_tokens(document: Mapping[str, object] | None) -> Tokens | None:
+    """The tokens of an event or message carrying a `response` object (None without one)."""
+    response = member(document, "response")
+    if not isinstance(response, dict):
+        return None
+    return (responses_usage(response.get("usage")) or Tokens()).with_ids(response, "id", "model")
+
 
 @dataclass(frozen=True)
 class OpenAIResponses(Dialect):
@@ -37,6 +67,16 @@ class OpenAIResponses(Dialect):
             kind = document.get("type") if document else None
             name = kind if isinstance(kind, str) else ""
         return _EVENTS.get(name, EventKind.OTHER)
+
+    def usage_slot(self, event: SSEEvent) -> str | None:
+        return _USAGE_SLOTS.get(response_event_name(event))
+
+    def stream_tokens(self, kept: Mapping[str, str]) -> Tokens | None:
+        return response_tokens(parsed(kept, "final") or parsed(kept, "created"))
+
+    def body_tokens(self, body: bytes) -> Tokens | None:
+        document = body_document(body)
+        return response_tokens({"response": document}) if document is not None else None
 
     def error_document(self, status: int, message: str) -> dict[str, object]:
         return openai_error(status, message)

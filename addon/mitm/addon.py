@@ -30,6 +30,7 @@ from addon.model import Config
 from addon.prober import Prober
 from addon.state import SqliteBackend
 from addon.upstream import Pool, TlsSettings, exchange
+from addon.usage import parse_window, pruned_note, table
 
 logger = logging.getLogger("detour")
 
@@ -218,6 +219,20 @@ class Detour:
             self._control().reset(app, provider)
         except ValueError as e:
             raise exceptions.CommandError(str(e)) from None
+
+    @command.command("detour.usage")
+    def usage(self, window: str) -> Sequence[str]:
+        """Requests, success rate, p50 latency, tokens and cost per app, provider and model over the
+        last WINDOW (1h, 24h, 7d...), from the attempt log."""
+        try:
+            seconds = parse_window(window)
+        except ValueError as e:
+            raise exceptions.CommandError(str(e)) from None
+        groups, log_starts = self._control().usage(seconds)
+        lines = table(groups).splitlines()
+        if log_starts is not None:
+            lines.append(pruned_note(log_starts))
+        return lines
 
     @command.command("detour.reload")
     def reload(self) -> None:

@@ -29,6 +29,7 @@ from addon.mitm.flows import (
 from addon.mitm.relay import Job, Relay, RelaySink
 from addon.model import App
 from addon.rewrite import ClientRequest, map_body_model
+from addon.usage import Metering, flow_summary
 
 logger = logging.getLogger("detour")
 
@@ -121,7 +122,7 @@ class Dispatcher:
             flow.response = make_response(502, _JSON, body)
             return
         flow.response = sink.response
-        _tell(flow, app.name, result)
+        self._tell(flow, app.name, result)
 
     async def _drive(
         self,
@@ -162,7 +163,7 @@ class Dispatcher:
         result = state.exchange.result
         if result is None:
             return
-        _tell(flow, state.app.name, result)
+        self._tell(flow, state.app.name, result)
         if flow.websocket is not None and result.served_by is not None:
             self.sockets[flow.id] = (state.app.name, result.served_by.id)
 
@@ -183,12 +184,30 @@ class Dispatcher:
             message.content = mapped
 
 
-def _tell(flow: http.HTTPFlow, app: str, result: Result) -> None:
-    """Annotate the flow for mitmweb; log a line for a request that was not served by the first
-    provider tried, because mitmdump's own flow line shows the original host with the answer."""
-    annotate(flow, app, result)
-    if result.failed or result.served_by is None:
-        logger.info("%s: %s %s", flow.comment, flow.request.method, flow.request.path)
+    def _tell(self, flow: http.HTTPFlow, app: str, result: Result) -> None:
+        """Annotate the flow for mitmweb; log a line for a request that was not served by the first
+        provider tried, because mitmdump's own flow line shows the original host with the answer."""
+        metering, usage = result.metering, ""
+        if metering is not None and result.served_by is not None and metering.dialect:
+            dollars = self.control.cost(app, result.served_by.id, metering)
+            usage = flow_summary(metering.tokens, dollars)
+            flow.metadata["detour_usage"] = usage_metadata(metering, dollars)
+        annotate(flow, app, result, usage)
+        if result.failed or result.served_by is None:
+            logger.info("%s: %s %s", flow.comment, flow.request.method, flow.request.path)
+
+
+def usage_metadata(metering: Metering, dollars: float | None) -> dict[str, object]:
+    """The served attempt's usage as mitmweb's metadata tab shows it (and saved flows keep it)."""
+    tokens = metering.tokens
+    counts = {
+        "input_tokens": tokens.input if tokens else None,
+        "cache_read_tokens": tokens.cache_read if tokens else None,
+        "cache_write_tokens": tokens.cache_write if tokens else None,
+        "output_tokens": tokens.output if tokens else None,
+        "reasoning_tokens": tokens.reasoning if tokens else None,
+    }
+    return {"model": metering.model, **counts, "cost_usd": dollars}
 
 
 def _delivery(request: ClientRequest, dialect: Dialect) -> Delivery:

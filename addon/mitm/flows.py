@@ -181,8 +181,9 @@ class StreamCopy:
         return b"".join(self._parts)
 
 
-def annotate(flow: http.HTTPFlow, app: str, result: Result) -> None:
-    """Comment, marker and metadata, so mitmweb's flow list shows failovers without opening them."""
+def annotate(flow: http.HTTPFlow, app: str, result: Result, usage: str = "") -> None:
+    """Comment, marker and metadata, so mitmweb's flow list shows failovers without opening them;
+    `usage` (the served attempt's tokens and cost) ends the comment."""
     served = result.served_by.id if result.served_by is not None else None
     failed = result.failed
     if result.client_gone:
@@ -202,6 +203,8 @@ def annotate(flow: http.HTTPFlow, app: str, result: Result) -> None:
         flow.comment = f"detour {app}: served by {served}"
     if served is not None and result.verdict is not None and not result.succeeded:
         flow.comment += f" ({result.verdict.reason})"
+    if usage:
+        flow.comment += f" · {usage}"
     flow.metadata["detour"] = {
         "app": app,
         "provider": served,

@@ -27,6 +27,23 @@ class AttemptRecord(NamedTuple):
     latency_ms: float
     #: Short error text ("" if none); redacted again by the backend before it is stored.
     error: str
+    #: "" for a success; an `ErrorKind` value ("timeout_first_byte", "reset", ...), or "http".
+    error_kind: str = ""
+    #: The dialect spoken to the provider, and whether the answer was streamed.
+    dialect: str = ""
+    streamed: bool = False
+    #: The model the client asked for, and the name the provider was sent.
+    model_requested: str = ""
+    model: str = ""
+    ttfb_ms: float | None = None
+    ttft_ms: float | None = None
+    #: Tokens as the provider reported them (`addon.formats.usage.Tokens`): None = not reported.
+    input_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    output_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    response_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,6 +64,14 @@ class StateBackend(Protocol):
     def forget_breaker(self, app: str, provider: str) -> None: ...
 
     def log_attempt(self, rec: AttemptRecord) -> None: ...
+
+    def attempts_since(self, since: float) -> list[AttemptRecord]:
+        """The logged attempts at or after `since` (wall time), oldest first, including every one
+        logged before this call. For reports: it may wait briefly for queued writes."""
+
+    def first_logged(self) -> float | None:
+        """When the oldest attempt still in the log was made, if older ones were pruned
+        (`attempt_log_limit`); None when the log holds every attempt ever logged."""
 
     def set_secrets(self, secrets: Collection[str]) -> None:
         """The keys to mask in anything stored (error texts)."""

@@ -15,6 +15,7 @@ class MemoryBackend:
         self.current: dict[str, str] = {}
         self.breakers: dict[tuple[str, str], BreakerSnapshot] = {}
         self.attempts: list[AttemptRecord] = []
+        self.pruned = False
         self._secrets: tuple[str, ...] = ()
 
     def open(self) -> LoadedState:
@@ -31,7 +32,15 @@ class MemoryBackend:
 
     def log_attempt(self, rec: AttemptRecord) -> None:
         self.attempts.append(rec._replace(error=redact(rec.error, self._secrets)))
+        if len(self.attempts) > self.attempt_limit:
+            self.pruned = True
         del self.attempts[: -self.attempt_limit or None]
+
+    def attempts_since(self, since: float) -> list[AttemptRecord]:
+        return [a for a in self.attempts if a.at >= since]
+
+    def first_logged(self) -> float | None:
+        return self.attempts[0].at if self.attempts and self.pruned else None
 
     def set_secrets(self, secrets: Collection[str]) -> None:
         self._secrets = tuple(secrets)

@@ -29,7 +29,9 @@ from addon.state.base import AttemptRecord, LoadedState
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+#: Versions this code opens: version 1 (before usage accounting) is migrated in place to 2.
+MIGRATES_FROM = ("1",)
 #: The most queued items one transaction applies.
 BATCH_MAX = 500
 #: How long the writer gathers writes before committing them together (lost on a crash, at most).
@@ -38,6 +40,8 @@ BATCH_WINDOW = 0.2
 MAX_ERROR_CHARS = 1000
 #: A batch that fails because the database is locked is retried this many times in all.
 BUSY_ATTEMPTS = 3
+#: A report waits this long for the attempts queued before it to be written.
+REPORT_FLUSH_TIMEOUT = 2.0
 #: `close` waits this long for the writer to drain before giving up on it (it is a daemon thread).
 CLOSE_JOIN_TIMEOUT = 60.0
 
@@ -77,6 +81,27 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS attempt_at ON attempt (at)",
 )
 
+#: The attempt log's columns added in schema version 2 (usage accounting), in `AttemptRecord`
+#: order. Added to a version-1 table by ALTER TABLE: its old rows keep NULL tokens (unknown).
+_USAGE_COLUMNS = (
+    ("error_kind", "TEXT NOT NULL DEFAULT ''"),
+    ("dialect", "TEXT NOT NULL DEFAULT ''"),
+    ("streamed", "INTEGER NOT NULL DEFAULT 0"),
+    ("model_requested", "TEXT NOT NULL DEFAULT ''"),
+    ("model", "TEXT NOT NULL DEFAULT ''"),
+    ("ttfb_ms", "REAL"),
+    ("ttft_ms", "REAL"),
+    ("input_tokens", "INTEGER"),
+    ("cache_read_tokens", "INTEGER"),
+    ("cache_write_tokens", "INTEGER"),
+    ("output_tokens", "INTEGER"),
+    ("reasoning_tokens", "INTEGER"),
+    ("response_id", "TEXT NOT NULL DEFAULT ''"),
+)
+#: Every column of an attempt row, in `AttemptRecord` order.
+ATTEMPT_COLUMNS = AttemptRecord._fields
+assert ATTEMPT_COLUMNS[7:] == tuple(name for name, _ in _USAGE_COLUMNS)
+
 _COLUMNS: dict[str, frozenset[str]] = {
     "meta": frozenset({"key", "value"}),
     "current_provider": frozenset({"app", "provider", "updated_at"}),
@@ -94,7 +119,7 @@ _SAVE_BREAKER = (
 )
 _FORGET_BREAKER = "DELETE FROM breaker WHERE app = ? AND provider = ?"
 _LOG_ATTEMPT = (
-    "INSERT INTO attempt (at, app, provider, status, outcome, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO attempt ({', '.join(ATTEMPT_COLUMNS)}) VALUES ({', '.join('?' * len(ATTEMPT_COLUMNS))})"
 )
 _PRUNE = "DELETE FROM attempt WHERE id <= (SELECT MAX(id) FROM attempt) - ?"
 
@@ -255,6 +280,28 @@ class SqliteBackend:
     def set_secrets(self, secrets: Collection[str]) -> None:
         self._secrets = tuple(secrets)
 
+    # --- reads for reports ---------------------------------------------------------------------
+
+    def attempts_since(self, since: float) -> list[AttemptRecord]:
+        self.flush(REPORT_FLUSH_TIMEOUT)
+        with self._conn_lock:
+            if self._conn is None:
+                return []
+            try:
+                return select_attempts(self._conn, since)
+            except sqlite3.Error as exc:
+                log.warning("could not read the attempt log (%s)", _describe(exc))
+                return []
+
+    def first_logged(self) -> float | None:
+        with self._conn_lock:
+            if self._conn is None:
+                return None
+            try:
+                return log_start(self._conn)
+            except sqlite3.Error:
+                return None
+
     def _put(self, item: _Item) -> None:
         if not self._closed:
             self._queue.put(item)
@@ -291,17 +338,17 @@ class SqliteBackend:
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 for table, wanted in _COLUMNS.items():
-                    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-                    missing = wanted - have
+                    missing = wanted - _columns(conn, table)
                     if missing:
                         raise _Unusable(f"table {table} lacks {', '.join(sorted(missing))}")
                 row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                if row is None:
-                    conn.execute(
-                        "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-                    )
-                elif str(row[0]) != SCHEMA_VERSION:
+                version = SCHEMA_VERSION if row is None else str(row[0])
+                if version != SCHEMA_VERSION and version not in MIGRATES_FROM:
                     raise _Unusable(f"schema version {row[0]}, expected {SCHEMA_VERSION}")
+                _add_usage_columns(conn)
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                )
         except BaseException:
             conn.close()
             raise
@@ -463,7 +510,7 @@ class SqliteBackend:
                 self._run_one(conn, op.sql, op.params)
                 continue
             error = redact(str(op.error), secrets)[:MAX_ERROR_CHARS] if op.error else ""
-            rows.append((op.at, op.app, op.provider, op.status, op.outcome, op.latency_ms, error))
+            rows.append(op._replace(error=error))
             logged = True
         self._insert_attempts(conn, rows)
         if logged:
@@ -496,6 +543,71 @@ class SqliteBackend:
         if self._write_failure is None:
             log.warning("state store write failed (%s); state changes may not persist", _describe(exc))
         self._write_failure = f"writes failing: {_describe(exc)}"
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _add_usage_columns(conn: sqlite3.Connection) -> None:
+    """Schema 1 to 2 in place: the attempt log gains its usage columns; every row is kept."""
+    have = _columns(conn, "attempt")
+    for name, kind in _USAGE_COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE attempt ADD COLUMN {name} {kind}")
+
+
+def select_attempts(conn: sqlite3.Connection, since: float) -> list[AttemptRecord]:
+    """The attempt rows at or after `since`, oldest first. A log still at schema 1 (a database
+    nobody has opened for writing since the upgrade) reads too: its rows have no usage."""
+    have = _columns(conn, "attempt")
+    wanted = [c if c in have else "NULL" for c in ATTEMPT_COLUMNS]
+    sql = f"SELECT {', '.join(wanted)} FROM attempt WHERE at >= ? ORDER BY id"
+    return [_record(row) for row in conn.execute(sql, (since,))]
+
+
+def _record(row: tuple[object, ...]) -> AttemptRecord:
+    """A stored row as a record; a column a schema-1 row lacks takes the record's default."""
+    defaults = AttemptRecord._field_defaults
+    values = [
+        defaults[name] if value is None and name in defaults and defaults[name] is not None else value
+        for name, value in zip(ATTEMPT_COLUMNS, row, strict=True)
+    ]
+    values[ATTEMPT_COLUMNS.index("streamed")] = bool(values[ATTEMPT_COLUMNS.index("streamed")])
+    return AttemptRecord(*values)  # type: ignore[arg-type]
+
+
+def log_start(conn: sqlite3.Connection) -> float | None:
+    """When the oldest kept attempt was made, if older ones were pruned: ids count up from 1
+    (AUTOINCREMENT never reuses one), so a first id above 1 means rows were deleted."""
+    row = conn.execute("SELECT MIN(id), MIN(at) FROM attempt").fetchone()
+    if row is None or row[0] is None or int(row[0]) <= 1:
+        return None
+    return float(row[1])
+
+
+def read_log_start(path: Path) -> float | None:
+    """`log_start` of the database at `path`, read-only; None when it can't be read."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)) as conn:
+            return log_start(conn)
+    except sqlite3.Error:
+        return None
+
+
+def read_attempts(path: Path, since: float) -> list[AttemptRecord]:
+    """The attempts in the state database at `path` since `since`, read-only: for reports made
+    without a running Detour (another process may be writing it: WAL readers see committed rows).
+    Raises `ValueError` with a readable reason when the file can't be read as Detour's database."""
+    if not path.is_file():
+        raise ValueError(f"no state database at {path}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)) as conn:
+            if "attempt" not in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}:
+                raise ValueError(f"{path} has no attempt log")
+            return select_attempts(conn, since)
+    except sqlite3.Error as exc:
+        raise ValueError(f"cannot read {path}: {_describe(exc)}") from None
 
 
 @contextlib.contextmanager

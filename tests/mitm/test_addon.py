@@ -234,7 +234,7 @@ async def test_a_healthy_primary_answers_with_the_clients_credentials(rig: Rig) 
     flow = await rig.ask()
     assert flow.response is not None and flow.response.json() == {"ok": True}
     assert flow.response.headers["x-detour-provider"] == "primary"
-    assert flow.comment == "detour claude: served by primary"
+    assert flow.comment == "detour claude: served by primary · tokens not reported"
     (sent,) = rig.providers.received
     assert sent.url == "http://primary.test/v1/messages"
     assert (b"x-api-key", CLIENT_KEY.encode()) in sent.headers
@@ -247,7 +247,7 @@ async def test_a_529_fails_over_with_the_backups_key_and_model(rig: Rig) -> None
     assert flow.response is not None and flow.response.headers["x-detour-provider"] == "backup"
     assert flow.response.headers["x-detour-attempts"] == "primary (http 529)"
     assert flow.marked == ":arrows_counterclockwise:"
-    assert flow.comment == "detour claude: served by backup after primary (http 529)"
+    assert flow.comment == "detour claude: served by backup after primary (http 529) · tokens not reported"
     primary, backup = rig.providers.received
     assert backup.url == "https://backup.test/api/v1/messages"
     assert (b"authorization", f"Bearer {BACKUP_KEY}".encode()) in backup.headers
@@ -323,6 +323,46 @@ async def test_the_model_in_a_clients_response_create_message_is_mapped(rig: Rig
     flow.websocket.messages.append(type(flow.websocket.messages[0])(1, True, message))  # client text frame
     rig.addon.websocket_message(flow)
     assert flow.websocket.messages[-1].content == b'{"type":"response.create","model":"mapped","input":[]}'
+
+
+# --- usage -----------------------------------------------------------------------------------------------
+
+MESSAGE_WITH_USAGE = {
+    "id": "msg_u1", "type": "message", "role": "assistant", "model": "backup-model",
+    "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn", "stop_sequence": None,
+    "usage": {"input_tokens": 1200, "cache_read_input_tokens": 30000, "output_tokens": 56},
+}  # fmt: skip
+
+
+async def test_a_served_flow_says_its_tokens_and_cost_and_the_usage_command_adds_them_up(rig: Rig) -> None:
+    doc = config_doc(prices={"backup-model": {"input": 3, "output": 15, "cache_read": 0.3}})
+    write(rig.config, doc)
+    rig.addon.reload()
+    body = json.dumps(MESSAGE_WITH_USAGE).encode()
+    answer = (Head(200, ((b"content-type", b"application/json"),)), body, End())
+    rig.providers.answer("primary.test", (Head(529, ()), b'{"type":"error"}', End()))
+    rig.providers.answer("backup.test", answer)
+    flow = await rig.ask()
+    dollars = (1200 * 3 + 30000 * 0.3 + 56 * 15) / 1e6
+    assert flow.comment == (
+        "detour claude: served by backup after primary (http 529) · "
+        "1,200 in (+30,000 cached) / 56 out tokens, $0.0134"
+    )
+    assert flow.metadata["detour_usage"] == {
+        "model": "backup-model", "input_tokens": 1200, "cache_read_tokens": 30000, "cache_write_tokens": 0,
+        "output_tokens": 56, "reasoning_tokens": None, "cost_usd": pytest.approx(dollars),
+    }  # fmt: skip
+    lines = rig.tctx.command(rig.addon.usage, "1h")
+    assert [line.split()[:5] for line in lines[1:3]] == [
+        ["claude", "primary", "claude-sonnet-4", "1", "0%"],
+        ["claude", "backup", "backup-model", "1", "100%"],
+    ]
+    assert lines[-1] == "total: 2 requests, cost $0.0134"
+
+
+async def test_the_usage_command_wants_a_window(rig: Rig) -> None:
+    with pytest.raises(exceptions.CommandError, match="window must be a number and a unit"):
+        rig.tctx.command(rig.addon.usage, "yesterday")
 
 
 # --- commands ------------------------------------------------------------------------------------------

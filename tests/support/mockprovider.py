@@ -223,6 +223,61 @@ def default_error_body(route: str, status: int, name: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": etype, "message": message}}
 
 
+@dataclass
+class MockUsage:
+    """The tokens every answer reports, each API in its own way (`block`). `input` is fresh
+    input; cached tokens are reported inside the input where the API does so; `reasoning` is part
+    of `output`."""
+
+    input: int = 10
+    output: int = 5
+    cache_read: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+
+    def block(self, api: str) -> dict[str, Any]:
+        if api == "anthropic":
+            block: dict[str, Any] = {"input_tokens": self.input, "output_tokens": self.output}
+            if self.cache_read:
+                block["cache_read_input_tokens"] = self.cache_read
+            if self.cache_write:
+                block["cache_creation_input_tokens"] = self.cache_write
+            return block
+        prompt = self.input + self.cache_read + self.cache_write
+        if api == "responses":
+            return {
+                "input_tokens": prompt,
+                "output_tokens": self.output,
+                "total_tokens": prompt + self.output,
+                "input_tokens_details": {"cached_tokens": self.cache_read},
+                "output_tokens_details": {"reasoning_tokens": self.reasoning},
+            }
+        if api == "gemini":
+            meta = {
+                "promptTokenCount": prompt,
+                "candidatesTokenCount": self.output - self.reasoning,
+                "totalTokenCount": prompt + self.output,
+            }
+            if self.cache_read:
+                meta["cachedContentTokenCount"] = self.cache_read
+            if self.reasoning:
+                meta["thoughtsTokenCount"] = self.reasoning
+            return meta
+        chat: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": self.output,
+            "total_tokens": prompt + self.output,
+        }
+        if self.cache_read or self.cache_write:
+            details = {"cached_tokens": self.cache_read}
+            if self.cache_write:
+                details["cache_write_tokens"] = self.cache_write
+            chat["prompt_tokens_details"] = details
+        if self.reasoning:
+            chat["completion_tokens_details"] = {"reasoning_tokens": self.reasoning}
+        return chat
+
+
 class MockProvider:
     """A mock Anthropic/OpenAI-compatible provider on ``127.0.0.1`` (see the module docstring)."""
 
@@ -235,6 +290,8 @@ class MockProvider:
         self.tls = tls
         #: Text messages received over WebSocket connections, in order.
         self.ws_messages: list[bytes] = []
+        #: The tokens every answer reports.
+        self.usage = MockUsage()
         self._port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -901,7 +958,7 @@ class MockProvider:
                 "content": [{"type": "text", "text": self.answer}],
                 "stop_reason": "end_turn",
                 "stop_sequence": None,
-                "usage": {"input_tokens": 10, "output_tokens": 5},
+                "usage": self.usage.block("anthropic"),
             }
         return {
             "id": f"chatcmpl-mock{uuid.uuid4().hex[:20]}",
@@ -916,7 +973,7 @@ class MockProvider:
                     "finish_reason": "stop",
                 }
             ],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            "usage": self.usage.block("openai"),
         }
 
     def _response_object(self, model: str, status: str) -> dict[str, Any]:
@@ -943,13 +1000,8 @@ class MockProvider:
             "parallel_tool_calls": True,
             "tool_choice": "auto",
             "tools": [],
-            "usage": {
-                "input_tokens": 10,
-                "output_tokens": 5,
-                "total_tokens": 15,
-                "input_tokens_details": {"cached_tokens": 0},
-                "output_tokens_details": {"reasoning_tokens": 0},
-            },
+            # Like the API: the usage comes with the finished response, not the one just created.
+            "usage": self.usage.block("responses") if status != "in_progress" else None,
         }
 
     def _responses_events(self, model: str) -> list[tuple[str, dict[str, Any]]]:
@@ -1042,11 +1094,7 @@ class MockProvider:
         chunk: dict[str, Any] = {"candidates": [candidate], "modelVersion": model}
         if final:
             candidate["finishReason"] = "STOP"
-            chunk["usageMetadata"] = {
-                "promptTokenCount": 10,
-                "candidatesTokenCount": 5,
-                "totalTokenCount": 15,
-            }
+            chunk["usageMetadata"] = self.usage.block("gemini")
         return chunk
 
     def _sse_events(self, api: str, model: str, body: dict[str, Any]) -> list[bytes]:
@@ -1072,7 +1120,7 @@ class MockProvider:
                             "content": [],
                             "stop_reason": None,
                             "stop_sequence": None,
-                            "usage": {"input_tokens": 10, "output_tokens": 1},
+                            "usage": {**self.usage.block("anthropic"), "output_tokens": 1},
                         },
                     },
                 ),
@@ -1103,7 +1151,7 @@ class MockProvider:
                     {
                         "type": "message_delta",
                         "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                        "usage": {"output_tokens": 5},
+                        "usage": {"output_tokens": self.usage.output},
                     },
                 ),
                 ("message_stop", {"type": "message_stop"}),
@@ -1139,7 +1187,7 @@ class MockProvider:
                     "created": created,
                     "model": model,
                     "choices": [],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                    "usage": self.usage.block("openai"),
                 }
             )
         out = [f"data: {jsonlib.dumps(c)}\n\n".encode() for c in chunks]

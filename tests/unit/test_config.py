@@ -17,6 +17,7 @@ from addon.model import (
     DEFAULT_FAILOVER_4XX,
     BreakerPolicy,
     Config,
+    Price,
     RetrySame,
     Timeouts,
 )
@@ -239,6 +240,18 @@ def test_models_keep_their_order() -> None:
     assert provider.map_model("claude-opus-4") == "big" and provider.map_model("gpt-4") is None
 
 
+def test_prices_keep_their_order_and_a_provider_may_scale_them() -> None:
+    document = backup(price_multiplier=0.8)
+    opus = {"input": 15, "output": 75, "cache_read": 1.5, "cache_write": 18.75}
+    document["prices"] = {"claude-opus-*": opus, "claude-*": {"input": 3, "output": 15}}
+    cfg = parse(document)
+    assert cfg.price("claude-opus-4-1") == Price(15.0, 75.0, 1.5, 18.75)
+    assert cfg.price("claude-sonnet-4-5") == Price(3.0, 15.0)
+    assert cfg.price("gpt-5") is None
+    assert cfg.apps[0].providers[1].price_multiplier == 0.8
+    assert cfg.apps[0].providers[0].price_multiplier == 1.0
+
+
 # --- overrides ---------------------------------------------------------------------------------------
 
 
@@ -372,7 +385,7 @@ ERRORS = [
     (backup(models={1: "x"}), f"{P1}.models[1]: model pattern must be a non-empty string, got integer"),
     # unknown keys, at every level
     (doc(stat="x"),
-     "stat: unknown key (expected one of: apps, attempt_log_limit, breaker, max_body, state, "
+     "stat: unknown key (expected one of: apps, attempt_log_limit, breaker, max_body, prices, state, "
      "switch_min_interval, "
      "timeouts)"),
     (doc(breaker={"treshold": 1}), f"breaker.treshold: unknown key (expected one of: {BREAKER_KEYS})"),
@@ -382,7 +395,7 @@ ERRORS = [
     (claude(host=["x"]), f"apps.claude.host: unknown key (expected one of: {APP_KEYS})"),
     (backup(base_ulr="x"),
      f"{P1}.base_ulr: unknown key (expected one of: api, api_key, auth, base_url, breaker, enabled, id, "
-     "models)"),
+     "models, price_multiplier)"),
     (claude(api="gemini", hosts=["generativelanguage.googleapis.com"], providers=[
         {"id": "p", "base_url": "https://a.example"},
         {"id": "b", "base_url": "https://b.example", "api": "anthropic", "api_key": "k"}]),
@@ -397,6 +410,20 @@ ERRORS = [
      f"{P1}.api: must be one of anthropic, openai-chat, openai-responses, gemini, got 'grpc'"),
     (backup(breaker={"window": "1s", "x": 1}),
      f"{P1}.breaker.x: unknown key (expected one of: {BREAKER_KEYS})"),
+    # prices
+    (doc(prices=["x"]), "prices: must be a mapping, got list"),
+    (doc(prices={"claude-*": {"input": 3}}), "prices['claude-*']: needs output (dollars per million tokens)"),
+    (doc(prices={"claude-*": {}}), "prices['claude-*']: needs input and output (dollars per million tokens)"),
+    (doc(prices={"claude-*": {"input": "3$", "output": 15}}),
+     "prices['claude-*'].input: must be a number, got '3$'"),
+    (doc(prices={"claude-*": {"input": -1, "output": 15}}),
+     "prices['claude-*'].input: must be from 0 to 10000, got -1"),
+    (doc(prices={"claude-*": {"input": 1, "output": 1, "cache": 1}}),
+     "prices['claude-*'].cache: unknown key (expected one of: cache_read, cache_write, input, output)"),
+    (doc(prices={"": {"input": 1, "output": 1}}),
+     "prices['']: model pattern must be a non-empty string, got string"),
+    (backup(price_multiplier=True), f"{P1}.price_multiplier: must be a number, got boolean"),
+    (backup(price_multiplier=2000), f"{P1}.price_multiplier: must be from 0 to 1000, got 2000"),
     # choices
     (backup(auth="basic"),
      f"{P1}.auth: must be one of x-api-key, bearer, x-goog-api-key, api-key, got 'basic'"),

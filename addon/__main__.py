@@ -1,0 +1,47 @@
+"""`python -m addon usage`: usage and cost from the state database, without a running proxy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from addon.config import ConfigError, load_config
+from addon.state.sqlite import read_attempts, read_log_start
+from addon.usage import Pricing, parse_window, pruned_note, table, totals
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m addon", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    usage = commands.add_parser(
+        "usage", help="requests, tokens and cost per app, provider and model, from the state database"
+    )
+    usage.add_argument("--config", default="config.yaml", help="Detour's config file (default: config.yaml)")
+    usage.add_argument("--since", default="24h", help="how far back: 30m, 1h, 24h, 7d... (default: 24h)")
+    usage.add_argument("--json", action="store_true", help="print a JSON list, one object per group")
+    args = parser.parse_args(argv)
+    try:
+        window = parse_window(args.since)
+        config = load_config(Path(args.config))
+        since = time.time() - window
+        records = read_attempts(config.state, since)
+    except (ValueError, ConfigError) as e:
+        print(f"detour usage: {e}", file=sys.stderr)
+        return 2
+    groups = totals(records, Pricing(config))
+    if args.json:
+        print(json.dumps([g.as_json() for g in groups], indent=2))
+    else:
+        print(table(groups))
+    start = read_log_start(config.state)
+    if start is not None and start > since:
+        print(pruned_note(start), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
