@@ -183,9 +183,24 @@ class Control:
     ) -> None:
         """Log an attempt the client left before it ended: no verdict on the provider (its breaker
         hears nothing), but the attempt log keeps it, since a provider charges a started answer."""
-        record = AttemptRecord(
-            self.wall(), app, provider, status, CLIENT_GONE, round(latency_ms, 2), "the client left"
-        )
+        self._log_only(app, provider, status, CLIENT_GONE, latency_ms, "the client left", metering)
+
+    def socket_response(
+        self, app: str, provider: str, failed: str, latency_ms: float, metering: Metering
+    ) -> None:
+        """Log one response a provider gave over a WebSocket it holds (Codex sends each request as a
+        message): the socket's handshake was the attempt its breaker judged; its responses are what
+        the provider charges for. `failed` is the failure's event name, "" for a response that ended."""
+        outcome = Outcome.PROVIDER_FAILURE.value if failed else Outcome.SUCCESS.value
+        self._log_only(app, provider, None, outcome, latency_ms, failed, metering)
+
+    def _log_only(
+        self, app: str, provider: str, status: int | None, outcome: str, latency_ms: float, error: str,
+        metering: Metering,
+    ) -> None:  # fmt: skip
+        record = AttemptRecord(self.wall(), app, provider, status, outcome, round(latency_ms, 2), error)
+        if error and outcome != CLIENT_GONE:
+            record = record._replace(error_kind="stream_error")
         self.store.log_attempt(_metered(record, metering))
 
     def cost(self, app: str, provider: str, metering: Metering) -> float | None:

@@ -58,6 +58,15 @@ def response_tokens(document: Mapping[str, object] | None) -> Tokens | None:
     return (responses_usage(response.get("usage")) or Tokens()).with_ids(response, "id", "model")
 
 
+def final_message(text: str) -> tuple[str, Tokens | None] | None:
+    """A Responses WebSocket message that ends a response (`response.completed`, `.incomplete`,
+    `.failed`): its event name and tokens; None for every other message (not parsed)."""
+    name = response_event_name(SSEEvent("message", text))
+    if _USAGE_SLOTS.get(name) != "final":
+        return None
+    return name, response_tokens(json_object(text))
+
+
 @dataclass(frozen=True)
 class OpenAIResponses(Dialect):
     def classify_event(self, event: SSEEvent) -> EventKind:

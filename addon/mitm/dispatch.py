@@ -13,6 +13,8 @@ from addon.control import Control
 from addon.driver import AttemptReport, Driver
 from addon.exchange import Delivery, Exchange, Limits, Result
 from addon.formats import Dialect, dialect_for
+from addon.formats.documents import first_model
+from addon.formats.openai_responses import final_message
 from addon.http1 import header_problem
 from addon.mitm.attempts import needs_publishing, publish
 from addon.mitm.flows import (
@@ -39,6 +41,17 @@ _JSON = ((b"content-type", b"application/json"),)
 
 
 @dataclass(eq=False)
+class Socket:
+    """A routed WebSocket: who holds it, and the response the client asked for last (Codex sends
+    one `response.create` at a time and reads its events before the next)."""
+
+    app: str
+    provider: str
+    requested: str = ""
+    asked_at: float = 0.0
+
+
+@dataclass(eq=False)
 class Relayed:
     """A routed flow whose answer comes through the relay."""
 
@@ -54,8 +67,8 @@ class Dispatcher:
         self.driver = driver
         self.relay = relay
         self.relayed: dict[str, Relayed] = {}
-        #: Routed WebSocket flows: (app, provider) their messages go to, for model mapping.
-        self.sockets: dict[str, tuple[str, str]] = {}
+        #: Routed WebSocket flows: where their messages go (model mapping, usage accounting).
+        self.sockets: dict[str, Socket] = {}
 
     def route(
         self, flow: http.HTTPFlow, app: App, sent: AsSent | None, allowed: bool
@@ -165,23 +178,42 @@ class Dispatcher:
             return
         self._tell(flow, state.app.name, result)
         if flow.websocket is not None and result.served_by is not None:
-            self.sockets[flow.id] = (state.app.name, result.served_by.id)
+            self.sockets[flow.id] = Socket(state.app.name, result.served_by.id)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
-        """Map the model in a client's `response.create` message for the provider that took the socket."""
-        routed = self.sockets.get(flow.id)
-        if routed is None or flow.websocket is None:
+        """A client's `response.create` gets its model mapped for the provider that took the socket;
+        a provider's final event of a response is logged with its usage."""
+        socket = self.sockets.get(flow.id)
+        if socket is None or flow.websocket is None:
             return
         message = flow.websocket.messages[-1]
-        if not message.from_client or not message.is_text:
+        if not message.is_text:
             return
-        app = self.control.config.app(routed[0])
-        provider = app.provider(routed[1]) if app is not None else None
+        if not message.from_client:
+            self._account(socket, message.text, message.timestamp)
+            return
+        socket.requested, socket.asked_at = first_model(message.content), message.timestamp
+        app = self.control.config.app(socket.app)
+        provider = app.provider(socket.provider) if app is not None else None
         if provider is None or not provider.models:
             return
         mapped = map_body_model(message.content, provider)
         if mapped is not None:
             message.content = mapped
+
+    def _account(self, socket: Socket, text: str, at: float) -> None:
+        final = final_message(text)
+        if final is None:
+            return
+        name, tokens = final
+        app = self.control.config.app(socket.app)
+        provider = app.provider(socket.provider) if app is not None else None
+        requested = socket.requested
+        sent = (provider.map_model(requested) if provider is not None and requested else None) or requested
+        latency = (at - socket.asked_at) * 1000 if socket.asked_at else 0.0
+        metering = Metering("openai-responses", True, requested, sent, None, None, tokens)
+        failed = name if name == "response.failed" else ""
+        self.control.socket_response(socket.app, socket.provider, failed, latency, metering)
 
 
     def _tell(self, flow: http.HTTPFlow, app: str, result: Result) -> None:

@@ -5,6 +5,7 @@ before the 101, the socket is joined to the provider that accepted it, and messa
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import configs
 import pytest
 from configs import BACKUP_KEY_ENV, CLIENT_KEY, KEY_B, KEY_ENV
 from harness import Mitmdump, free_port
-from mockprovider import MockProvider
+from mockprovider import MockProvider, MockUsage
 from rawhttp import classify_reply, fetch, request_for
 from wsclient import responses_turn, text_of
+
+from addon.state.sqlite import read_attempts
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +106,30 @@ def test_when_no_provider_speaks_websocket_the_client_is_told_at_once(
         turn = responses_turn(port, headers=AUTH)
         assert turn.status == 426  # the client falls back to HTTP streaming at once
         assert md.alive
+
+
+def test_each_response_over_the_socket_is_logged_with_its_usage(
+    tmp_path: Path, mitmdump_factory: Callable[..., Mitmdump]
+) -> None:
+    with MockProvider("primary").start() as primary, MockProvider("backup").start() as backup:
+        backup.usage = MockUsage(input=70, output=40, cache_read=900, reasoning=25)
+        primary.fault("status", status=503)
+        md, port = start(tmp_path, mitmdump_factory, primary, backup)
+        turn = responses_turn(port, headers=AUTH)
+        assert turn.headers["x-detour-provider"] == "backup" and text_of(turn) == "hello from backup"
+        state = tmp_path / "state.db"
+        deadline = time.monotonic() + 10
+        while len(read_attempts(state, 0.0)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        handshake_failed, handshake, answered = read_attempts(state, 0.0)
+    assert (handshake_failed.provider, handshake_failed.status) == ("primary", 503)
+    assert (handshake.provider, handshake.status, handshake.input_tokens) == ("backup", 101, None)
+    assert (answered.provider, answered.outcome, answered.dialect, answered.streamed) == (
+        "backup", "success", "openai-responses", True,
+    )  # fmt: skip
+    assert (answered.model_requested, answered.model) == ("gpt-test", "backup-gpt")
+    tokens = (answered.input_tokens, answered.cache_read_tokens, answered.cache_write_tokens,
+              answered.output_tokens, answered.reasoning_tokens)  # fmt: skip
+    assert tokens == (70, 900, 0, 40, 25)
+    assert answered.response_id == "resp_mock" and answered.latency_ms >= 0
+    assert md.alive

@@ -648,3 +648,14 @@ def test_a_window_is_a_number_and_a_unit(text: str, seconds: float) -> None:
 def test_a_bad_window_says_what_is_accepted(text: str) -> None:
     with pytest.raises(ValueError, match="window must be"):
         parse_window(text)
+
+
+def test_the_optional_price_table_prices_models_the_config_leaves_out() -> None:
+    """`genai-prices` (the `prices` extra; installed for tests on Python 3.12 + mitmproxy 12 only)."""
+    pytest.importorskip("genai_prices")
+    pricing = Pricing(config(multiplier=2.0))
+    thousand = Tokens(1000, 1000, 0, 1000)  # below the long-context tier: $3 in, $0.30 cached, $15 out
+    assert pricing(record("primary", tokens=thousand)) == pytest.approx((3.0 + 0.3 + 15.0) / 1000)
+    assert pricing(record("backup", tokens=thousand)) == pytest.approx((3.0 + 0.3 + 15.0) / 1000 * 2)
+    assert pricing(record(model="detour-unpriced-test-model", tokens=thousand)) is None
+    assert pricing(record(tokens=Tokens(1_000_000, 0, 0, None))) is None

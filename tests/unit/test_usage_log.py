@@ -237,7 +237,9 @@ def write_config(tmp_path: Path) -> Path:
         "prices:\n  'claude-*': {input: 3, output: 15, cache_read: 0.3, cache_write: 3.75}\n"
         "apps:\n  claude:\n    hosts: [api.anthropic.com]\n    providers:\n"
         "      - {id: primary, base_url: 'https://p.example'}\n"
-        "      - {id: backup, base_url: 'https://b.example', price_multiplier: 0.5}\n",
+        # its key isn't in the report's environment: the report still knows the provider's multiplier
+        "      - {id: backup, base_url: 'https://b.example', api_key: '${DETOUR_T_UNSET_KEY}',\n"
+        "         price_multiplier: 0.5}\n",
         encoding="utf-8",
     )
     return path
