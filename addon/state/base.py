@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from addon.breaker import BreakerSnapshot
+from addon.secrets import redact
 
 
 class AttemptRecord(NamedTuple):
@@ -44,6 +45,27 @@ class AttemptRecord(NamedTuple):
     output_tokens: int | None = None
     reasoning_tokens: int | None = None
     response_id: str = ""
+
+
+#: Stored error text is cut to this many characters (after redaction, so no key is half-masked).
+MAX_ERROR_CHARS = 1000
+#: Model names and response ids come from clients and providers: stored masked and at most this long.
+MAX_NAME_CHARS = 200
+
+
+def for_storage(record: AttemptRecord, secrets: Collection[str]) -> AttemptRecord:
+    """`record` as it may be stored: every text that came from a client or a provider masked (a key
+    echoed as an error, a model name or an id), then shortened."""
+
+    def masked(text: str, limit: int) -> str:
+        return redact(str(text), secrets)[:limit] if text else ""
+
+    return record._replace(
+        error=masked(record.error, MAX_ERROR_CHARS),
+        model_requested=masked(record.model_requested, MAX_NAME_CHARS),
+        model=masked(record.model, MAX_NAME_CHARS),
+        response_id=masked(record.response_id, MAX_NAME_CHARS),
+    )
 
 
 @dataclass(frozen=True)

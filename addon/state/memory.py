@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from addon.breaker import BreakerSnapshot
-from addon.secrets import redact
-from addon.state.base import AttemptRecord, LoadedState
+from addon.state.base import AttemptRecord, LoadedState, for_storage
 
 
 class MemoryBackend:
@@ -31,7 +30,7 @@ class MemoryBackend:
         self.breakers.pop((app, provider), None)
 
     def log_attempt(self, rec: AttemptRecord) -> None:
-        self.attempts.append(rec._replace(error=redact(rec.error, self._secrets)))
+        self.attempts.append(for_storage(rec, self._secrets))
         if len(self.attempts) > self.attempt_limit:
             self.pruned = True
         del self.attempts[: -self.attempt_limit or None]

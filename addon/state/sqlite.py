@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from addon.breaker import BreakerSnapshot, State
-from addon.secrets import redact
-from addon.state.base import AttemptRecord, LoadedState
+from addon.state.base import AttemptRecord, LoadedState, for_storage
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,6 @@ MIGRATES_FROM = ("1",)
 BATCH_MAX = 500
 #: How long the writer gathers writes before committing them together (lost on a crash, at most).
 BATCH_WINDOW = 0.2
-#: Stored error text is cut to this many characters (after redaction, so no key is half-masked).
-MAX_ERROR_CHARS = 1000
 #: A batch that fails because the database is locked is retried this many times in all.
 BUSY_ATTEMPTS = 3
 #: A report waits this long for the attempts queued before it to be written.
@@ -509,8 +506,7 @@ class SqliteBackend:
                 self._insert_attempts(conn, rows)
                 self._run_one(conn, op.sql, op.params)
                 continue
-            error = redact(str(op.error), secrets)[:MAX_ERROR_CHARS] if op.error else ""
-            rows.append(op._replace(error=error))
+            rows.append(for_storage(op, secrets))
             logged = True
         self._insert_attempts(conn, rows)
         if logged:

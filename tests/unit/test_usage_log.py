@@ -291,3 +291,22 @@ def test_the_usage_command_explains_what_is_wrong(
     assert done.returncode == 2
     assert done.stderr.startswith(message), done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_names_and_ids_from_clients_and_providers_are_stored_masked_and_bounded(
+    tmp_path: Path, backend: str
+) -> None:
+    key = "sk-ant-api03-usage-SECRET-0123456789abcdef"
+    store = SqliteBackend(tmp_path / "detour.db") if backend == "sqlite" else MemoryBackend()
+    store.open()
+    store.set_secrets([key])
+    echoed = AttemptRecord(1.0, "claude", "backup", 200, "success", 1.0, f"echo {key}")
+    store.log_attempt(echoed._replace(model_requested=f"claude {key}", model=key, response_id="x" * 5000))
+    (stored,) = store.attempts_since(0.0)
+    store.close()
+    assert key not in repr(stored)
+    assert stored.model == "***" and stored.model_requested == "claude ***" and stored.error == "echo ***"
+    assert stored.response_id == "x" * 200
+    if backend == "sqlite":
+        assert key.encode() not in (tmp_path / "detour.db").read_bytes()
