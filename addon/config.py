@@ -317,6 +317,7 @@ class _Entry(NamedTuple):
     at: _At
     provider: Provider | None
     why: str
+    price_multiplier: float = 1.0
 
 
 class _Parser:
@@ -326,6 +327,8 @@ class _Parser:
         self.warnings: list[str] = []
         #: Where each host was first claimed, since a host may route to only one app.
         self.owners: dict[str, _At] = {}
+        #: Every provider entry's price multiplier by (app, id), enabled or not.
+        self.multipliers: list[tuple[tuple[str, str], float]] = []
 
     def config(self, source: Path, document: object) -> Config:
         at = self.root
@@ -358,6 +361,7 @@ class _Parser:
             attempt_log_limit=log_limit,
             max_body=max_body,
             prices=prices,
+            price_multipliers=tuple(self.multipliers),
             warnings=tuple(self.warnings),
         )
 
@@ -412,7 +416,7 @@ class _Parser:
             paths = tuple(
                 _url_path(paths_at.item(i), p) for i, p in enumerate(_list(paths_at, spec["paths"]))
             )
-        queue = self.providers(at.key("providers"), _required(at, spec, "providers"), shape, breaker)
+        queue = self.providers(at.key("providers"), _required(at, spec, "providers"), shape, breaker, name)
         return App(
             name=name,
             hosts=hosts,
@@ -479,7 +483,9 @@ class _Parser:
             raise at.error(f"Detour can't translate {shape} requests to {api} yet (it can: {ways})")
         return api
 
-    def providers(self, at: _At, value: object, shape: Api, breaker: BreakerPolicy) -> tuple[Provider, ...]:
+    def providers(
+        self, at: _At, value: object, shape: Api, breaker: BreakerPolicy, app: str
+    ) -> tuple[Provider, ...]:
         entries: list[_Entry] = []
         for i, raw in enumerate(_list(at, value)):
             entry = self.provider(at.item(i), raw, shape, breaker)
@@ -488,6 +494,7 @@ class _Parser:
                 problem = f"duplicate provider id {entry.id!r} (also at {earlier.at.path})"
                 raise entry.at.key("id").error(problem)
             entries.append(entry)
+            self.multipliers.append(((app, entry.id), entry.price_multiplier))
         enabled = tuple(e.provider for e in entries if e.provider is not None)
         if not enabled:
             reasons = "; ".join(f"{e.id}: {e.why}" for e in entries)
@@ -545,19 +552,20 @@ class _Parser:
             api=api,
             price_multiplier=_number(at.key("price_multiplier"), spec.get("price_multiplier", 1.0), 0, 1000),
         )
+        entry = _Entry(provider_id, at, None, "", provider.price_multiplier)
         if not enabled:
-            return _Entry(provider_id, at, None, "enabled is false")
+            return entry._replace(why="enabled is false")
         if missing:
             plural = "s" if len(missing) > 1 else ""
             verb = "are" if len(missing) > 1 else "is"
             why = f"environment variable{plural} {', '.join(missing)} {verb} not set"
-            return _Entry(provider_id, at, None, why)
+            return entry._replace(why=why)
         if unsafe:
             plural = "s" if len(unsafe) > 1 else ""
             verb = "contain" if plural else "contains"
             why = f"environment variable{plural} {', '.join(unsafe)} {verb} spaces or control characters"
-            return _Entry(provider_id, at, None, why)
-        return _Entry(provider_id, at, provider, "")
+            return entry._replace(why=why)
+        return entry._replace(provider=provider)
 
     def prices(self, at: _At, value: object) -> tuple[tuple[str, Price], ...]:
         """`prices:` maps model globs to dollars per million tokens, first match wins."""

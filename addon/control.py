@@ -24,14 +24,14 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from addon.breaker import BreakerSnapshot, Clock, Permit, State, Transition
-from addon.classify import Outcome, Verdict
-from addon.formats.usage import Tokens
+from addon.classify import ErrorKind, Outcome, Verdict
+from addon.formats.usage import Metering, Tokens
 from addon.model import App, Config, Provider
 from addon.router import BreakerKey, Router
 from addon.secrets import redact
 from addon.state import AttemptRecord, StateBackend
 from addon.switch import SwitchEvent, SwitchManager
-from addon.usage import Metering, Pricing, Totals, totals
+from addon.usage import Pricing, Totals, totals
 
 logger = logging.getLogger("detour")
 
@@ -186,21 +186,20 @@ class Control:
         self._log_only(app, provider, status, CLIENT_GONE, latency_ms, "the client left", metering)
 
     def socket_response(
-        self, app: str, provider: str, failed: str, latency_ms: float, metering: Metering
+        self, app: str, provider: str, outcome: str, error: str, latency_ms: float, metering: Metering
     ) -> None:
         """Log one response a provider gave over a WebSocket it holds (Codex sends each request as a
         message): the socket's handshake was the attempt its breaker judged; its responses are what
-        the provider charges for. `failed` is the failure's event name, "" for a response that ended."""
-        outcome = Outcome.PROVIDER_FAILURE.value if failed else Outcome.SUCCESS.value
-        self._log_only(app, provider, None, outcome, latency_ms, failed, metering)
+        the provider charges for. `outcome` is an `Outcome` value or `CLIENT_GONE` (cut short)."""
+        self._log_only(app, provider, None, outcome, latency_ms, error, metering)
 
     def _log_only(
         self, app: str, provider: str, status: int | None, outcome: str, latency_ms: float, error: str,
         metering: Metering,
     ) -> None:  # fmt: skip
         record = AttemptRecord(self.wall(), app, provider, status, outcome, round(latency_ms, 2), error)
-        if error and outcome != CLIENT_GONE:
-            record = record._replace(error_kind="stream_error")
+        if outcome not in (CLIENT_GONE, Outcome.SUCCESS.value):
+            record = record._replace(error_kind=ErrorKind.STREAM_ERROR.value)
         self.store.log_attempt(_metered(record, metering))
 
     def cost(self, app: str, provider: str, metering: Metering) -> float | None:

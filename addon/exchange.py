@@ -42,10 +42,9 @@ from addon.formats import DIALECTS, Dialect, StreamWatch
 from addon.formats.codec_anthropic import without_unsigned_thinking
 from addon.formats.continuation import Restarted, Splicer, Transcript
 from addon.formats.translation import NotTranslatable, Translation, translation_for
-from addon.formats.usage import Tokens
+from addon.formats.usage import Metering, Tokens
 from addon.model import App, Provider, Timeouts
 from addon.secrets import redact, redact_bytes
-from addon.usage import Metering
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
@@ -902,6 +901,9 @@ class Exchange:
     def _deliver(self, attempt: Attempt, verdict: Verdict) -> list[Action]:
         status = attempt.status or 502
         whole = self.readable(Answer(status, attempt.headers, bytes(attempt.body)))
+        if not attempt.tokens_read and attempt.watch is None:  # read from the body decoded just now
+            attempt.tokens_read = True
+            attempt.tokens = self._body_tokens(attempt, whole)
         answer = self._for_client(attempt, whole)
         headers = self._client_headers(answer.headers, attempt.provider)
         return [Deliver(status, headers, self._redacted(answer.body)), self._served(attempt, verdict)]
@@ -990,25 +992,30 @@ class Exchange:
         return attempt.tokens
 
     def _read_tokens(self, attempt: Attempt) -> Tokens | None:
-        dialect = self._provider_dialect(attempt)
         if attempt.watch is not None:
             return attempt.watch.meter.tokens()
-        status = attempt.status
-        if attempt.streaming or not attempt.body or status is None or not 200 <= status < 300:
+        if attempt.streaming or not attempt.body or attempt.status is None:
             return None
-        return dialect.body_tokens(self.readable(Answer(status, attempt.headers, bytes(attempt.body))).body)
+        return self._body_tokens(
+            attempt, self.readable(Answer(attempt.status, attempt.headers, bytes(attempt.body)))
+        )
+
+    def _body_tokens(self, attempt: Attempt, whole: Answer) -> Tokens | None:
+        """A whole answer's tokens (a failure's body reports none, whatever it says)."""
+        if not 200 <= whole.status < 300:
+            return None
+        return self._provider_dialect(attempt).body_tokens(whole.body)
 
     def metering(self, attempt: Attempt) -> Metering:
         """What the attempt log records of `attempt` besides its verdict."""
         if self._requested is None:
             self._requested = self.dialect.requested_model(self.path, self.body)
         requested = self._requested
-        sent = (attempt.provider.map_model(requested) or requested) if requested else ""
         return Metering(
             self._provider_dialect(attempt).name,
             self._streamed(),
             requested,
-            sent,
+            attempt.provider.sent_model(requested),
             _since(attempt.started, attempt.head_at),
             _since(attempt.started, attempt.first_token_at),
             self.tokens(attempt),

@@ -121,6 +121,10 @@ class Provider:
                 return target
         return None
 
+    def sent_model(self, requested: str) -> str:
+        """The model name this provider is sent for a request that asked for `requested`."""
+        return (self.map_model(requested) or requested) if requested else ""
+
 
 @dataclass(frozen=True)
 class App:
@@ -190,11 +194,17 @@ class Config:
     max_body: int = 32 * 1024 * 1024
     #: Model globs and their prices, first match wins (`addon.usage`).
     prices: tuple[tuple[str, Price], ...] = ()
+    #: (app, provider id) → price multiplier, for every provider in the file, disabled ones too: their
+    #: past attempts are still priced.
+    price_multipliers: tuple[tuple[tuple[str, str], float], ...] = ()
     #: Human-readable notes for the operator, e.g. providers disabled because a variable is unset.
     warnings: tuple[str, ...] = ()
 
     def app(self, name: str) -> App | None:
         return next((a for a in self.apps if a.name == name), None)
+
+    def price_multiplier(self, app: str, provider: str) -> float:
+        return next((m for key, m in self.price_multipliers if key == (app, provider)), 1.0)
 
     def price(self, model: str) -> Price | None:
         """The configured price of `model`, or None when no glob matches it."""

@@ -21,7 +21,6 @@ import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 from addon.formats.usage import Tokens
 from addon.model import Config, Price
@@ -46,24 +45,9 @@ JSON_KEYS = (
     "reasoning_tokens",
     "cost_usd",
 )
-_TOKEN_FIELDS = JSON_KEYS[5:10]
+TOKEN_FIELDS = JSON_KEYS[5:10]
 #: Outcomes that say nothing against the provider: served, or left by the client.
 NOT_FAILURES = frozenset({"success", "client_gone"})
-
-
-class Metering(NamedTuple):
-    """What the attempt log keeps of one attempt besides its verdict (`Exchange.metering`)."""
-
-    #: The dialect spoken to the provider (the client's, unless translated).
-    dialect: str
-    streamed: bool
-    #: The model the client asked for, and the model name the provider was sent.
-    model_requested: str
-    model: str
-    #: From the attempt's start to its answer's head, and to its first generated content.
-    ttfb_ms: float | None
-    ttft_ms: float | None
-    tokens: Tokens | None
 
 
 def parse_window(text: str) -> float:
@@ -106,17 +90,12 @@ class Pricing:
         self.table = table if table is not None else genai_prices_table()
 
     def __call__(self, record: AttemptRecord) -> float | None:
-        multiplier = self._multiplier(record.app, record.provider)
+        multiplier = self.config.price_multiplier(record.app, record.provider)
         price = self.config.price(record.model) if record.model else None
         if price is not None or self.table is None or not record.model:
             return cost(record, price, multiplier)
         found = self.table(record)
         return found * multiplier if found is not None else None
-
-    def _multiplier(self, app: str, provider: str) -> float:
-        found = self.config.app(app)
-        entry = found.provider(provider) if found is not None else None
-        return entry.price_multiplier if entry is not None else 1.0
 
 
 def genai_prices_table() -> Pricer | None:
@@ -153,20 +132,24 @@ def genai_prices_table() -> Pricer | None:
 
 @dataclass
 class Totals:
-    """One app, provider and model's attempts in a window."""
+    """One app, provider and model's attempts in a window.
+
+    A token total is exact or it is unknown: when an attempt that may have cost something (see
+    `charged`) didn't report a count, that count's total is None in JSON, and shown as `≥ sum` in
+    the table (the sum of the attempts that did report it)."""
 
     app: str
     provider: str
     model: str
     requests: int = 0
     failures: int = 0
-    input_tokens: int | None = None
-    cache_read_tokens: int | None = None
-    cache_write_tokens: int | None = None
-    output_tokens: int | None = None
-    reasoning_tokens: int | None = None
     cost_usd: float | None = 0.0
     latencies: list[float] = field(default_factory=list, repr=False)
+    #: Per token field: the sum of the counts reported, how many reported it, how many charged
+    #: attempts didn't.
+    sums: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_FIELDS, 0), repr=False)
+    seen: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_FIELDS, 0), repr=False)
+    missing: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_FIELDS, 0), repr=False)
 
     @property
     def success_rate(self) -> float:
@@ -176,15 +159,28 @@ class Totals:
     def p50_ms(self) -> float | None:
         return statistics.median(self.latencies) if self.latencies else None
 
+    def total(self, name: str) -> int | None:
+        """The exact total of one token count, or None when it isn't known."""
+        return self.sums[name] if self.seen[name] and not self.missing[name] else None
+
+    def shown(self, name: str) -> str:
+        """A token total for the table: exact, `≥` a partial sum, or `?`."""
+        if not self.seen[name]:
+            return "?"
+        return f"{self.sums[name]:,}" if not self.missing[name] else f"≥{self.sums[name]:,}"
+
     def add(self, record: AttemptRecord, dollars: float | None, priced: bool) -> None:
         self.requests += 1
         if record.outcome not in NOT_FAILURES:
             self.failures += 1
         self.latencies.append(record.latency_ms)
-        for name in _TOKEN_FIELDS:
+        for name in TOKEN_FIELDS:
             value = getattr(record, name)
-            if value is not None:  # a count nobody reported adds nothing; all-unknown stays None
-                setattr(self, name, (getattr(self, name) or 0) + value)
+            if value is not None:
+                self.sums[name] += value
+                self.seen[name] += 1
+            elif priced:
+                self.missing[name] += 1
         if not priced:
             return
         if dollars is None or self.cost_usd is None:
@@ -193,9 +189,10 @@ class Totals:
             self.cost_usd += dollars
 
     def as_json(self) -> dict[str, object]:
-        document: dict[str, object] = {key: getattr(self, key) for key in JSON_KEYS}
-        if self.cost_usd is not None:
-            document["cost_usd"] = round(self.cost_usd, 10)
+        document: dict[str, object] = {"app": self.app, "provider": self.provider, "model": self.model}
+        document.update(requests=self.requests, failures=self.failures)
+        document.update({name: self.total(name) for name in TOKEN_FIELDS})
+        document["cost_usd"] = round(self.cost_usd, 10) if self.cost_usd is not None else None
         return document
 
 
@@ -209,9 +206,12 @@ def charged(record: AttemptRecord) -> bool:
 
 
 def totals(records: Iterable[AttemptRecord], pricer: Pricer) -> list[Totals]:
-    """Attempts added up per app, provider and model, in the order of their first attempt."""
+    """Attempts added up per app, provider and model, in the order of their first attempt. A
+    WebSocket handshake (101) is left out: the responses over the socket are logged one by one."""
     groups: dict[tuple[str, str, str], Totals] = {}
     for record in records:
+        if record.status == 101:
+            continue
         key = (record.app, record.provider, record.model)
         group = groups.get(key)
         if group is None:
@@ -273,7 +273,6 @@ def table(groups: list[Totals]) -> str:
     )
     lines = [header]
     for g in groups:
-        cached = _sum(g.cache_read_tokens, g.cache_write_tokens)
         p50 = f"{g.p50_ms:.0f}ms" if g.p50_ms is not None else "-"
         lines.append(
             (
@@ -283,10 +282,10 @@ def table(groups: list[Totals]) -> str:
                 str(g.requests),
                 f"{g.success_rate:.0%}",
                 p50,
-                _count(g.input_tokens),
-                _count(cached),
-                _count(g.output_tokens),
-                _count(g.reasoning_tokens),
+                g.shown("input_tokens"),
+                _cached(g),
+                g.shown("output_tokens"),
+                g.shown("reasoning_tokens"),
                 dollars_text(g.cost_usd),
             )
         )
@@ -309,6 +308,11 @@ def table(groups: list[Totals]) -> str:
     return "\n".join(line.rstrip() for line in rendered) + "\n" + total
 
 
-def _sum(*values: int | None) -> int | None:
-    known = [v for v in values if v is not None]
-    return sum(known) if known else None
+def _cached(g: Totals) -> str:
+    """Cache reads and writes in one column."""
+    read, write = g.shown("cache_read_tokens"), g.shown("cache_write_tokens")
+    if "?" in (read, write) and read == write:
+        return "?"
+    partial = any(g.missing[n] for n in ("cache_read_tokens", "cache_write_tokens"))
+    total = g.sums["cache_read_tokens"] + g.sums["cache_write_tokens"]
+    return f"≥{total:,}" if partial else f"{total:,}"

@@ -96,7 +96,13 @@ class OpenAIChat(Dialect):
         document = parsed(kept, "usage") or parsed(kept, "chunk")
         if document is None:
             return None
-        return (chat_usage(document.get("usage")) or Tokens()).with_ids(document, "id", "model")
+        tokens = chat_usage(document.get("usage")) or Tokens()
+        choices = _choices(document)
+        if choices and not any(c.get("finish_reason") for c in choices):
+            # Usage on every chunk (vLLM's continuous_usage_stats), and the stream was cut before
+            # the last one: the input is known, the output was still growing.
+            tokens = Tokens(tokens.input, tokens.cache_read, tokens.cache_write)
+        return tokens.with_ids(document, "id", "model")
 
     def body_tokens(self, body: bytes) -> Tokens | None:
         document = body_document(body)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,16 +39,24 @@ _USAGE_SLOTS = {
 }
 
 
+#: The `type` of an unnamed event that carries the response object, found without parsing (a quoted
+#: string with these exact characters can only be a key or a value: JSON escapes a quote in a text).
+_RESPONSE_TYPE = re.compile(r'"type"\s*:\s*"(response\.(?:created|completed|incomplete|failed))"')
+#: An unnamed `error` event (over Codex's WebSocket, an error ends the response it answers).
+_ERROR_TYPE = re.compile(r'^\s*\{\s*"type"\s*:\s*"error"')
+
+
 def response_event_name(event: SSEEvent) -> str:
-    """The event's name; an unnamed one (WebSocket messages, some servers) carries it as `type`,
-    which comes first in what OpenAI sends, so a look at the start of the data finds it unparsed."""
+    """The name of an event that carries the response object, else "". An unnamed one (WebSocket
+    messages, some servers) carries its name as `type`, anywhere in the object (OpenAI sends it
+    first, SDK-built objects last)."""
     if event.event != "message":
         return event.event
-    head = event.data[:48]
-    for name in _USAGE_SLOTS:
-        if f'"{name}"' in head:
-            return name
-    return ""
+    data = event.data
+    if '"response.' not in data:
+        return ""
+    found = _RESPONSE_TYPE.search(data)
+    return found[1] if found else ""
 
 
 def response_tokens(document: Mapping[str, object] | None) -> Tokens | None:
@@ -60,11 +69,14 @@ def response_tokens(document: Mapping[str, object] | None) -> Tokens | None:
 
 def final_message(text: str) -> tuple[str, Tokens | None] | None:
     """A Responses WebSocket message that ends a response (`response.completed`, `.incomplete`,
-    `.failed`): its event name and tokens; None for every other message (not parsed)."""
+    `.failed`, or an `error`): its event name and tokens; None for every other message (those are
+    not parsed)."""
     name = response_event_name(SSEEvent("message", text))
-    if _USAGE_SLOTS.get(name) != "final":
-        return None
-    return name, response_tokens(json_object(text))
+    if _USAGE_SLOTS.get(name) == "final":
+        return name, response_tokens(json_object(text))
+    if _ERROR_TYPE.match(text):
+        return "error", None
+    return None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from addon.formats.documents import json_object
 from addon.formats.ir import Usage
@@ -42,11 +42,6 @@ class Tokens:
     #: The model the provider says answered ("" if it didn't say).
     model: str = ""
 
-    @property
-    def known(self) -> bool:
-        """Input and output were both reported: the attempt can be priced."""
-        return self.input is not None and self.output is not None
-
     def with_ids(self, document: Mapping[str, object], id_key: str, model_key: str) -> Tokens:
         """These tokens with the id and model `document` names (kept when it names none)."""
         found_id, found_model = document.get(id_key), document.get(model_key)
@@ -59,6 +54,21 @@ class Tokens:
             found_id if isinstance(found_id, str) else self.response_id,
             found_model if isinstance(found_model, str) else self.model,
         )
+
+
+class Metering(NamedTuple):
+    """What the attempt log keeps of one attempt besides its verdict (`Exchange.metering`)."""
+
+    #: The dialect spoken to the provider (the client's, unless translated).
+    dialect: str
+    streamed: bool
+    #: The model the client asked for, and the model name the provider was sent.
+    model_requested: str
+    model: str
+    #: From the attempt's start to its answer's head, and to its first generated content.
+    ttfb_ms: float | None
+    ttft_ms: float | None
+    tokens: Tokens | None
 
 
 class UsageMeter:
@@ -80,11 +90,22 @@ class UsageMeter:
         return self._dialect.stream_tokens(self.kept) if self.kept else None
 
 
+#: A count above this is no count (a trillion tokens in one answer): unknown. It also keeps every
+#: count within SQLite's integers and every cost a finite float.
+MAX_COUNT = 10**12
+
+
 def count(value: object) -> int | None:
-    """A token count as reported: a non-negative integer, else unknown."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    """A token count as reported: a non-negative integer (up to `MAX_COUNT`), else unknown."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
         return value
     return None
+
+
+def count_or_zero(document: Mapping[str, object], key: str) -> int | None:
+    """A count an API leaves out when it is 0 (cache counts): absent is 0, present but not a count
+    is unknown (never taken for 0)."""
+    return count(document[key]) if key in document else 0
 
 
 def member(document: object, *path: str) -> object:
@@ -124,8 +145,8 @@ def anthropic_usage(value: object) -> Tokens | None:
         return None
     return Tokens(
         input=count(value.get("input_tokens")),
-        cache_read=count(value.get("cache_read_input_tokens")) or 0,
-        cache_write=count(value.get("cache_creation_input_tokens")) or 0,
+        cache_read=count_or_zero(value, "cache_read_input_tokens"),
+        cache_write=count_or_zero(value, "cache_creation_input_tokens"),
         output=count(value.get("output_tokens")),
     )
 
@@ -136,14 +157,17 @@ def chat_usage(value: object) -> Tokens | None:
     if not isinstance(value, dict):
         return None
     prompt = count(value.get("prompt_tokens"))
-    cached = count(member(value, "prompt_tokens_details", "cached_tokens"))
-    if cached is None:
+    details = value.get("prompt_tokens_details")
+    details = details if isinstance(details, dict) else {}
+    if "cached_tokens" in details or "prompt_cache_hit_tokens" not in value:
+        cached = count_or_zero(details, "cached_tokens")
+    else:  # DeepSeek
         cached = count(value.get("prompt_cache_hit_tokens"))
-    written = count(member(value, "prompt_tokens_details", "cache_write_tokens")) or 0
+    written = count_or_zero(details, "cache_write_tokens")
     known = prompt is not None
     return Tokens(
-        input=fresh(prompt, (cached or 0) + written),
-        cache_read=(cached or 0) if known else None,
+        input=fresh(prompt, (cached or 0) + (written or 0)),
+        cache_read=cached if known else None,
         cache_write=written if known else None,
         output=count(value.get("completion_tokens")),
         reasoning=count(member(value, "completion_tokens_details", "reasoning_tokens")),
@@ -155,11 +179,12 @@ def responses_usage(value: object) -> Tokens | None:
     if not isinstance(value, dict):
         return None
     total = count(value.get("input_tokens"))
-    cached = count(member(value, "input_tokens_details", "cached_tokens"))
+    details = value.get("input_tokens_details")
+    cached = count_or_zero(details if isinstance(details, dict) else {}, "cached_tokens")
     known = total is not None
     return Tokens(
         input=fresh(total, cached),
-        cache_read=(cached or 0) if known else None,
+        cache_read=cached if known else None,
         cache_write=0 if known else None,
         output=count(value.get("output_tokens")),
         reasoning=count(member(value, "output_tokens_details", "reasoning_tokens")),
@@ -167,23 +192,25 @@ def responses_usage(value: object) -> Tokens | None:
 
 
 def gemini_usage(value: object, final: bool = True) -> Tokens | None:
-    """Gemini `usageMetadata`: cached tokens are inside `promptTokenCount`; output is taken as
-    total - prompt, so thinking (`thoughtsTokenCount`) and tool-use prompts count. Zero counts are
-    left out of the JSON, so an absent count next to a total is 0. Before the final chunk the output
-    is still growing: unknown."""
+    """Gemini `usageMetadata`: cached tokens are inside `promptTokenCount`; the prompts of its own
+    tool use (`toolUsePromptTokenCount`) are input too. Output is what is left of the total, so
+    thinking (`thoughtsTokenCount`) counts. Zero counts are left out of the JSON, so an absent
+    count is 0. Before the final chunk the output is still growing: unknown."""
     if not isinstance(value, dict):
         return None
     prompt = count(value.get("promptTokenCount"))
     total = count(value.get("totalTokenCount"))
-    cached = count(value.get("cachedContentTokenCount")) or 0
-    known = prompt is not None
-    output = max(0, total - prompt) if final and total is not None and prompt is not None else None
+    cached = count_or_zero(value, "cachedContentTokenCount")
+    tool_prompt = count_or_zero(value, "toolUsePromptTokenCount")
+    known = prompt is not None and tool_prompt is not None
+    prompts = prompt + tool_prompt if prompt is not None and tool_prompt is not None else None
+    output = max(0, total - prompts) if final and total is not None and prompts is not None else None
     return Tokens(
-        input=fresh(prompt, cached),
+        input=fresh(prompts, cached),
         cache_read=cached if known else None,
         cache_write=0 if known else None,
         output=output,
-        reasoning=(count(value.get("thoughtsTokenCount")) or 0) if output is not None else None,
+        reasoning=count_or_zero(value, "thoughtsTokenCount") if output is not None else None,
     )
 
 
@@ -192,4 +219,5 @@ def ir_usage(tokens: Tokens | None) -> Usage | None:
     client's SDK wants numbers)."""
     if tokens is None:
         return None
-    return Usage(tokens.input or 0, tokens.output or 0, tokens.cache_read or 0)
+    # The IR has no cache writes: they go back into the input, where the client's API counts them.
+    return Usage((tokens.input or 0) + (tokens.cache_write or 0), tokens.output or 0, tokens.cache_read or 0)

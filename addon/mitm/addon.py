@@ -189,7 +189,7 @@ class Detour:
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         if self.dispatch is not None:
-            self.dispatch.sockets.pop(flow.id, None)
+            self.dispatch.websocket_end(flow)
 
     # --- commands ---------------------------------------------------------------------------
 

@@ -4,17 +4,20 @@ to the flow whole (set in the `request` hook) or through the loopback relay (str
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from mitmproxy import ctx, http
 
-from addon.control import Control
+from addon.classify import Outcome
+from addon.control import CLIENT_GONE, Control
 from addon.driver import AttemptReport, Driver
 from addon.exchange import Delivery, Exchange, Limits, Result
 from addon.formats import Dialect, dialect_for
 from addon.formats.documents import first_model
 from addon.formats.openai_responses import final_message
+from addon.formats.usage import Metering, Tokens
 from addon.http1 import header_problem
 from addon.mitm.attempts import needs_publishing, publish
 from addon.mitm.flows import (
@@ -31,7 +34,7 @@ from addon.mitm.flows import (
 from addon.mitm.relay import Job, Relay, RelaySink
 from addon.model import App
 from addon.rewrite import ClientRequest, map_body_model
-from addon.usage import Metering, flow_summary
+from addon.usage import flow_summary
 
 logger = logging.getLogger("detour")
 
@@ -49,6 +52,8 @@ class Socket:
     provider: str
     requested: str = ""
     asked_at: float = 0.0
+    #: A `response.create` was sent and its response hasn't ended yet.
+    open: bool = False
 
 
 @dataclass(eq=False)
@@ -104,7 +109,13 @@ class Dispatcher:
         # A continuation rewrites the request's JSON: only a body sent uncompressed can be.
         plain = request.body if request.header(b"content-encoding") in (None, b"identity") else b""
         exchange = Exchange(
-            app, dialect, delivery, self.control.candidates(app), self.control.secrets, limits, plain,
+            app,
+            dialect,
+            delivery,
+            self.control.candidates(app),
+            self.control.secrets,
+            limits,
+            plain,
             request.path,
         )
         if delivery is Delivery.WHOLE:
@@ -182,7 +193,7 @@ class Dispatcher:
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         """A client's `response.create` gets its model mapped for the provider that took the socket;
-        a provider's final event of a response is logged with its usage."""
+        each response is logged with its usage when it ends (or breaks off)."""
         socket = self.sockets.get(flow.id)
         if socket is None or flow.websocket is None:
             return
@@ -190,9 +201,16 @@ class Dispatcher:
         if not message.is_text:
             return
         if not message.from_client:
-            self._account(socket, message.text, message.timestamp)
+            ended = final_message(message.text)
+            if ended is not None:
+                name, tokens = ended
+                failed = name in ("response.failed", "error")
+                outcome = Outcome.PROVIDER_FAILURE if failed else Outcome.SUCCESS
+                self._account(socket, message.timestamp, tokens, outcome.value, name if failed else "")
             return
-        socket.requested, socket.asked_at = first_model(message.content), message.timestamp
+        if socket.open:  # a new request before the last one ended: that one is over, unfinished
+            self._account(socket, message.timestamp, None, CLIENT_GONE, "a new request before it ended")
+        socket.requested, socket.asked_at, socket.open = first_model(message.content), message.timestamp, True
         app = self.control.config.app(socket.app)
         provider = app.provider(socket.provider) if app is not None else None
         if provider is None or not provider.models:
@@ -201,20 +219,20 @@ class Dispatcher:
         if mapped is not None:
             message.content = mapped
 
-    def _account(self, socket: Socket, text: str, at: float) -> None:
-        final = final_message(text)
-        if final is None:
-            return
-        name, tokens = final
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        """A response still open when the socket closes was cut: logged with what is known."""
+        socket = self.sockets.pop(flow.id, None)
+        if socket is not None and socket.open:
+            self._account(socket, time.time(), None, CLIENT_GONE, "the socket closed before it ended")
+
+    def _account(self, socket: Socket, at: float, tokens: Tokens | None, outcome: str, error: str) -> None:
+        socket.open = False
         app = self.control.config.app(socket.app)
         provider = app.provider(socket.provider) if app is not None else None
-        requested = socket.requested
-        sent = (provider.map_model(requested) if provider is not None and requested else None) or requested
-        latency = (at - socket.asked_at) * 1000 if socket.asked_at else 0.0
-        metering = Metering("openai-responses", True, requested, sent, None, None, tokens)
-        failed = name if name == "response.failed" else ""
-        self.control.socket_response(socket.app, socket.provider, failed, latency, metering)
-
+        sent = provider.sent_model(socket.requested) if provider is not None else socket.requested
+        latency = max(0.0, (at - socket.asked_at) * 1000) if socket.asked_at else 0.0
+        metering = Metering("openai-responses", True, socket.requested, sent, None, None, tokens)
+        self.control.socket_response(socket.app, socket.provider, outcome, error, latency, metering)
 
     def _tell(self, flow: http.HTTPFlow, app: str, result: Result) -> None:
         """Annotate the flow for mitmweb; log a line for a request that was not served by the first

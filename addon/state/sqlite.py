@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import sqlite3
@@ -24,21 +25,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from addon.breaker import BreakerSnapshot, State
+from addon.formats.usage import count
 from addon.state.base import AttemptRecord, LoadedState, for_storage
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"
-#: Versions this code opens: version 1 (before usage accounting) is migrated in place to 2.
-MIGRATES_FROM = ("1",)
+#: The schema's version. Changes that only add columns with defaults (the attempt log's usage columns)
+#: keep it: a database upgraded in place still opens in the release before, which names its columns.
+SCHEMA_VERSION = "1"
 #: The most queued items one transaction applies.
 BATCH_MAX = 500
 #: How long the writer gathers writes before committing them together (lost on a crash, at most).
 BATCH_WINDOW = 0.2
 #: A batch that fails because the database is locked is retried this many times in all.
 BUSY_ATTEMPTS = 3
-#: A report waits this long for the attempts queued before it to be written.
-REPORT_FLUSH_TIMEOUT = 2.0
+#: A report waits at most this long for the database (it runs on the proxy's event loop).
+REPORT_LOCK_TIMEOUT = 0.5
 #: `close` waits this long for the writer to drain before giving up on it (it is a daemon thread).
 CLOSE_JOIN_TIMEOUT = 60.0
 
@@ -78,8 +80,8 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS attempt_at ON attempt (at)",
 )
 
-#: The attempt log's columns added in schema version 2 (usage accounting), in `AttemptRecord`
-#: order. Added to a version-1 table by ALTER TABLE: its old rows keep NULL tokens (unknown).
+#: The attempt log's columns added for usage accounting, in `AttemptRecord` order. Added to an older
+#: table by ALTER TABLE when it opens: its old rows keep NULL tokens (unknown).
 _USAGE_COLUMNS = (
     ("error_kind", "TEXT NOT NULL DEFAULT ''"),
     ("dialect", "TEXT NOT NULL DEFAULT ''"),
@@ -280,24 +282,38 @@ class SqliteBackend:
     # --- reads for reports ---------------------------------------------------------------------
 
     def attempts_since(self, since: float) -> list[AttemptRecord]:
-        self.flush(REPORT_FLUSH_TIMEOUT)
-        with self._conn_lock:
-            if self._conn is None:
-                return []
-            try:
-                return select_attempts(self._conn, since)
-            except sqlite3.Error as exc:
-                log.warning("could not read the attempt log (%s)", _describe(exc))
-                return []
+        """Read on a connection of its own (WAL readers see what is committed), after giving the
+        writer a moment to commit what is queued: a report never waits long for a busy writer."""
+        self.flush(REPORT_LOCK_TIMEOUT)
+        try:
+            with self._reader() as conn:
+                return select_attempts(conn, since)
+        except (sqlite3.Error, TimeoutError) as exc:
+            log.warning("could not read the attempt log (%s)", _describe(exc))
+            return []
 
     def first_logged(self) -> float | None:
-        with self._conn_lock:
+        try:
+            with self._reader() as conn:
+                return log_start(conn)
+        except (sqlite3.Error, TimeoutError):
+            return None
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        if self._memory_reason is None and self._conn is not None:
+            with contextlib.closing(_read_only(self._path)) as conn:
+                yield conn
+            return
+        # The in-memory fallback has one connection: share it, but never wait long for it.
+        if not self._conn_lock.acquire(timeout=REPORT_LOCK_TIMEOUT):
+            raise TimeoutError("the state writer is busy")
+        try:
             if self._conn is None:
-                return None
-            try:
-                return log_start(self._conn)
-            except sqlite3.Error:
-                return None
+                raise sqlite3.OperationalError("the state store is closed")
+            yield self._conn
+        finally:
+            self._conn_lock.release()
 
     def _put(self, item: _Item) -> None:
         if not self._closed:
@@ -339,13 +355,13 @@ class SqliteBackend:
                     if missing:
                         raise _Unusable(f"table {table} lacks {', '.join(sorted(missing))}")
                 row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                version = SCHEMA_VERSION if row is None else str(row[0])
-                if version != SCHEMA_VERSION and version not in MIGRATES_FROM:
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                    )
+                elif str(row[0]) != SCHEMA_VERSION:
                     raise _Unusable(f"schema version {row[0]}, expected {SCHEMA_VERSION}")
                 _add_usage_columns(conn)
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-                )
         except BaseException:
             conn.close()
             raise
@@ -519,7 +535,7 @@ class SqliteBackend:
         conn.execute("SAVEPOINT attempts")
         try:
             conn.executemany(_LOG_ATTEMPT, rows)
-        except (sqlite3.InterfaceError, sqlite3.ProgrammingError):
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError):
             # Undo the rows before the bad one, then find and drop only that one.
             conn.execute("ROLLBACK TO attempts")
             for row in rows:
@@ -531,7 +547,7 @@ class SqliteBackend:
     def _run_one(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> None:
         try:
             conn.execute(sql, params)
-        except (sqlite3.InterfaceError, sqlite3.ProgrammingError) as exc:
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError) as exc:
             # A value sqlite cannot bind: drop this one item, not the whole batch.
             log.warning("dropped a state update with a bad value: %s", exc)
 
@@ -563,14 +579,44 @@ def select_attempts(conn: sqlite3.Connection, since: float) -> list[AttemptRecor
 
 
 def _record(row: tuple[object, ...]) -> AttemptRecord:
-    """A stored row as a record; a column a schema-1 row lacks takes the record's default."""
+    """A stored row as a record. Each value is checked, since anyone may have edited the file: a
+    value of the wrong kind becomes the field's default (a count: unknown), never an exception in
+    a report; a column an older row lacks takes the default too."""
+    values = dict(zip(ATTEMPT_COLUMNS, row, strict=True))
     defaults = AttemptRecord._field_defaults
-    values = [
-        defaults[name] if value is None and name in defaults and defaults[name] is not None else value
-        for name, value in zip(ATTEMPT_COLUMNS, row, strict=True)
-    ]
-    values[ATTEMPT_COLUMNS.index("streamed")] = bool(values[ATTEMPT_COLUMNS.index("streamed")])
-    return AttemptRecord(*values)  # type: ignore[arg-type]
+    for name, value in values.items():
+        kind = _COLUMN_KINDS.get(name, str)
+        if kind is int:
+            values[name] = count(value) if name.endswith("_tokens") else _integer(value)
+        elif kind is float:
+            values[name] = float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+        elif kind is bool:
+            values[name] = bool(value) if isinstance(value, int) else False
+        elif not isinstance(value, str):
+            values[name] = str(defaults.get(name, "")) if value is None else str(value)
+    values["at"] = values["at"] if values["at"] is not None else 0.0
+    values["latency_ms"] = values["latency_ms"] if values["latency_ms"] is not None else 0.0
+    return AttemptRecord(**values)  # type: ignore[arg-type]
+
+
+def _integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+#: The kind of each non-text column, for `_record`.
+_COLUMN_KINDS: dict[str, type] = {
+    "at": float,
+    "status": int,
+    "latency_ms": float,
+    "streamed": bool,
+    "ttfb_ms": float,
+    "ttft_ms": float,
+    "input_tokens": int,
+    "cache_read_tokens": int,
+    "cache_write_tokens": int,
+    "output_tokens": int,
+    "reasoning_tokens": int,
+}
 
 
 def log_start(conn: sqlite3.Connection) -> float | None:
@@ -582,10 +628,16 @@ def log_start(conn: sqlite3.Connection) -> float | None:
     return float(row[1])
 
 
+def _read_only(path: Path, timeout: float = REPORT_LOCK_TIMEOUT) -> sqlite3.Connection:
+    """A read-only connection to the database at `path` (a URI, so `#`, `?` or `%` in the path are
+    the file's own characters; read-only, so no file is ever created by reading)."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+
+
 def read_log_start(path: Path) -> float | None:
     """`log_start` of the database at `path`, read-only; None when it can't be read."""
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)) as conn:
+        with contextlib.closing(_read_only(path, 5.0)) as conn:
             return log_start(conn)
     except sqlite3.Error:
         return None
@@ -598,7 +650,7 @@ def read_attempts(path: Path, since: float) -> list[AttemptRecord]:
     if not path.is_file():
         raise ValueError(f"no state database at {path}")
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)) as conn:
+        with contextlib.closing(_read_only(path, 5.0)) as conn:
             if "attempt" not in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}:
                 raise ValueError(f"{path} has no attempt log")
             return select_attempts(conn, since)

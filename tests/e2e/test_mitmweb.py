@@ -75,8 +75,8 @@ def test_flow_list_shows_provider_failed_attempts_and_marker(
     routed = [f for f in flows if not f.get("is_replay")]
     attempts = [f for f in flows if f.get("is_replay")]
     assert [f["comment"] for f in routed] == [
-        "detour claude: served by primary",
-        "detour claude: served by backup after primary (http 529)",
+        "detour claude: served by primary · 10 in / 5 out tokens, cost unknown",
+        "detour claude: served by backup after primary (http 529) · 10 in / 5 out tokens, cost unknown",
     ]
     assert not routed[0]["marked"]
     assert routed[1]["marked"]  # the failover stands out in the list

@@ -19,10 +19,13 @@ import configs
 import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.websocket import WebSocketMessage
+from wsproto.frame_protocol import Opcode
 
 from addon.classify import ErrorKind
 from addon.http1 import End, Head
 from addon.mitm.addon import Detour
+from addon.mitm.dispatch import Socket
 from addon.rewrite import OutboundRequest
 from addon.upstream import Item, Pool, UpstreamFailure
 
@@ -317,7 +320,7 @@ async def test_the_model_in_a_clients_response_create_message_is_mapped(rig: Rig
     rig.tctx.configure(rig.addon, detour_config=str(write(rig.config, doc)))
     flow = tflow.twebsocketflow()
     assert rig.addon.dispatch is not None
-    rig.addon.dispatch.sockets[flow.id] = ("codex", "backup")
+    rig.addon.dispatch.sockets[flow.id] = Socket("codex", "backup")
     assert flow.websocket is not None
     message = b'{"type":"response.create","model":"gpt-6.2-sol","input":[]}'
     flow.websocket.messages.append(type(flow.websocket.messages[0])(1, True, message))  # client text frame
@@ -328,10 +331,15 @@ async def test_the_model_in_a_clients_response_create_message_is_mapped(rig: Rig
 # --- usage -----------------------------------------------------------------------------------------------
 
 MESSAGE_WITH_USAGE = {
-    "id": "msg_u1", "type": "message", "role": "assistant", "model": "backup-model",
-    "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn", "stop_sequence": None,
+    "id": "msg_u1",
+    "type": "message",
+    "role": "assistant",
+    "model": "backup-model",
+    "content": [{"type": "text", "text": "hi"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
     "usage": {"input_tokens": 1200, "cache_read_input_tokens": 30000, "output_tokens": 56},
-}  # fmt: skip
+}
 
 
 async def test_a_served_flow_says_its_tokens_and_cost_and_the_usage_command_adds_them_up(rig: Rig) -> None:
@@ -349,15 +357,80 @@ async def test_a_served_flow_says_its_tokens_and_cost_and_the_usage_command_adds
         "1,200 in (+30,000 cached) / 56 out tokens, $0.0134"
     )
     assert flow.metadata["detour_usage"] == {
-        "model": "backup-model", "input_tokens": 1200, "cache_read_tokens": 30000, "cache_write_tokens": 0,
-        "output_tokens": 56, "reasoning_tokens": None, "cost_usd": pytest.approx(dollars),
-    }  # fmt: skip
+        "model": "backup-model",
+        "input_tokens": 1200,
+        "cache_read_tokens": 30000,
+        "cache_write_tokens": 0,
+        "output_tokens": 56,
+        "reasoning_tokens": None,
+        "cost_usd": pytest.approx(dollars),
+    }
     lines = rig.tctx.command(rig.addon.usage, "1h")
     assert [line.split()[:5] for line in lines[1:3]] == [
         ["claude", "primary", "claude-sonnet-4", "1", "0%"],
         ["claude", "backup", "backup-model", "1", "100%"],
     ]
     assert lines[-1] == "total: 2 requests, cost $0.0134"
+
+
+def socket_flow(rig: Rig, *messages: tuple[bool, bytes]) -> http.HTTPFlow:
+    """A WebSocket flow held by codex's `openai`, fed `messages` (from_client, content) in order."""
+    flow = tflow.twebsocketflow()
+    assert flow.websocket is not None
+    flow.websocket.messages.clear()
+    rig.addon.dispatch.sockets[flow.id] = Socket("codex", "openai")  # type: ignore[union-attr]
+    for from_client, content in messages:
+        flow.websocket.messages.append(WebSocketMessage(Opcode.TEXT, from_client, content))
+        rig.addon.websocket_message(flow)
+    return flow
+
+
+CREATE = b'{"type":"response.create","model":"gpt-5","input":[]}'
+COMPLETED = json.dumps(
+    {
+        "type": "response.completed",
+        "response": {
+            "id": "r1",
+            "model": "gpt-5",
+            "usage": {
+                "input_tokens": 300,
+                "input_tokens_details": {"cached_tokens": 200},
+                "output_tokens": 40,
+                "output_tokens_details": {"reasoning_tokens": 8},
+            },
+        },
+    }
+).encode()
+
+
+async def test_each_response_over_a_socket_is_logged_even_when_it_breaks_off(rig: Rig) -> None:
+    started = b'{"type":"response.created","response":{"id":"r2","usage":null}}'
+    delta = b'{"type":"response.output_text.delta","delta":"half"}'
+    error = b'{"type":"error","status":429,"error":{"message":"slow down"}}'
+    flow = socket_flow(
+        rig,
+        (True, CREATE),
+        (False, COMPLETED),
+        (True, CREATE),
+        (False, started),
+        (False, delta),
+        (True, CREATE),
+        (False, error),
+        (True, CREATE),
+        (False, delta),
+    )
+    rig.addon.websocket_end(flow)
+    rows = rig.addon._control().store.attempts_since(0.0)
+    assert [(r.outcome, r.error, r.input_tokens, r.output_tokens) for r in rows] == [
+        ("success", "", 100, 40),
+        ("client_gone", "a new request before it ended", None, None),
+        ("provider_failure", "error", None, None),
+        ("client_gone", "the socket closed before it ended", None, None),
+    ]
+    assert {(r.dialect, r.model_requested, r.model) for r in rows} == {("openai-responses", "gpt-5", "gpt-5")}
+    assert rows[0].reasoning_tokens == 8 and rows[0].cache_read_tokens == 200 and rows[0].response_id == "r1"
+    assert rows[2].error_kind == "stream_error"
+    assert flow.id not in rig.addon.dispatch.sockets  # type: ignore[union-attr]
 
 
 async def test_the_usage_command_wants_a_window(rig: Rig) -> None:

@@ -157,7 +157,7 @@ def test_wal_mode_is_on(tmp_path: Path, stores: list[StateStore]) -> None:
         (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
         (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert mode == "wal"
-    assert version == "2"
+    assert version == "1"
 
 
 def test_close_is_idempotent_and_later_writes_are_ignored(tmp_path: Path) -> None:

@@ -20,11 +20,10 @@ from addon.classify import ErrorKind, Outcome, Verdict
 from addon.control import Control
 from addon.exchange import Delivery, Done, Exchange, Forward, Record
 from addon.formats import DIALECTS
-from addon.formats.usage import Tokens
+from addon.formats.usage import Metering, Tokens
 from addon.model import App, Config, Price, Provider
 from addon.state import AttemptRecord, MemoryBackend, SqliteBackend
 from addon.state.sqlite import read_attempts
-from addon.usage import Metering
 
 REPO = Path(__file__).resolve().parents[2]
 #: A database written by Detour before usage accounting (`tests/fixtures/make_v1_state.py`).
@@ -203,7 +202,10 @@ def test_a_database_written_before_usage_accounting_is_migrated_in_place(tmp_pat
     assert all(r.input_tokens is None and r.output_tokens is None and r.model == "" for r in rows[:31])
     with sqlite3.connect(path) as conn:
         (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    assert version == "2"
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(attempt)")]
+    # Only columns were added: the release before still opens it (it checks the version and its own
+    # columns, and names its columns when it writes).
+    assert version == "1" and columns[: len(V1_COLUMNS) + 1] == ["id", *V1_COLUMNS]
     again = SqliteBackend(path)  # a second start finds version 2 and changes nothing
     assert again.open().warnings == ()
     again.close()
