@@ -368,9 +368,10 @@ class Attempt:
     #: When the answer's head and its first generated content arrived (0: not yet).
     head_at: float = 0.0
     first_token_at: float = 0.0
-    #: The tokens the answer reported, once read (`Exchange.tokens`).
+    #: The tokens the answer reported, once read (`Exchange.tokens`), and all that is logged of it.
     tokens: Tokens | None = None
     tokens_read: bool = False
+    metered: Metering | None = None
 
     @property
     def client_has_head(self) -> bool:
@@ -1007,11 +1008,14 @@ class Exchange:
         return self._provider_dialect(attempt).body_tokens(whole.body)
 
     def metering(self, attempt: Attempt) -> Metering:
-        """What the attempt log records of `attempt` besides its verdict."""
+        """What the attempt log records of `attempt` besides its verdict (asked once it has ended,
+        by the driver's `Record` and by the exchange's result: measured once)."""
+        if attempt.metered is not None:
+            return attempt.metered
         if self._requested is None:
             self._requested = self.dialect.requested_model(self.path, self.body)
         requested = self._requested
-        return Metering(
+        attempt.metered = Metering(
             self._provider_dialect(attempt).name,
             self._streamed(),
             requested,
@@ -1020,6 +1024,7 @@ class Exchange:
             _since(attempt.started, attempt.first_token_at),
             self.tokens(attempt),
         )
+        return attempt.metered
 
     def _streamed(self) -> bool:
         return self.delivery is Delivery.STREAM

@@ -89,7 +89,14 @@ class Pricing:
         self.config = config
         self.table = table if table is not None else genai_prices_table()
 
+    @property
+    def knows_prices(self) -> bool:
+        """Any model could have a price (the config lists some, or the price table is installed)."""
+        return bool(self.config.prices) or self.table is not None
+
     def __call__(self, record: AttemptRecord) -> float | None:
+        if not self.knows_prices:
+            return None
         multiplier = self.config.price_multiplier(record.app, record.provider)
         price = self.config.price(record.model) if record.model else None
         if price is not None or self.table is None or not record.model:

@@ -238,7 +238,9 @@ class Dispatcher:
         """Annotate the flow for mitmweb; log a line for a request that was not served by the first
         provider tried, because mitmdump's own flow line shows the original host with the answer."""
         metering, usage = result.metering, ""
-        if metering is not None and result.served_by is not None and metering.dialect:
+        # Only where someone will read it: a UI or a flow file, or the failover line logged below.
+        shown = keeps_bodies() or bool(result.failed) or result.served_by is None
+        if shown and metering is not None and result.served_by is not None and metering.dialect:
             dollars = self.control.cost(app, result.served_by.id, metering)
             usage = flow_summary(metering.tokens, dollars)
             flow.metadata["detour_usage"] = usage_metadata(metering, dollars)
