@@ -8,6 +8,7 @@ shared backend (e.g. Redis) would let several Detour instances share breaker tra
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -53,19 +54,25 @@ MAX_ERROR_CHARS = 1000
 MAX_NAME_CHARS = 200
 
 
-def for_storage(record: AttemptRecord, secrets: Collection[str]) -> AttemptRecord:
+def for_storage(record: AttemptRecord, secrets: tuple[str, ...]) -> AttemptRecord:
     """`record` as it may be stored: every text that came from a client or a provider masked (a key
     echoed as an error, a model name or an id), then shortened."""
-
-    def masked(text: str, limit: int) -> str:
-        return redact(str(text), secrets)[:limit] if text else ""
-
     return record._replace(
-        error=masked(record.error, MAX_ERROR_CHARS),
-        model_requested=masked(record.model_requested, MAX_NAME_CHARS),
-        model=masked(record.model, MAX_NAME_CHARS),
-        response_id=masked(record.response_id, MAX_NAME_CHARS),
+        error=_masked(record.error, secrets, MAX_ERROR_CHARS),
+        model_requested=_masked_name(record.model_requested, secrets),
+        model=_masked_name(record.model, secrets),
+        response_id=_masked(record.response_id, secrets, MAX_NAME_CHARS),
     )
+
+
+def _masked(text: str, secrets: tuple[str, ...], limit: int) -> str:
+    return redact(str(text), secrets)[:limit] if text else ""
+
+
+@functools.lru_cache(maxsize=512)
+def _masked_name(text: str, secrets: tuple[str, ...]) -> str:
+    """Model names repeat on every row: masked once each (the writer thread's main cost per row)."""
+    return _masked(text, secrets, MAX_NAME_CHARS)
 
 
 @dataclass(frozen=True)
