@@ -26,6 +26,7 @@ run: $(BIN)/mitmdump
 
 web: $(BIN)/mitmdump
 	$(BIN)/mitmweb -s addon/detour.py --set detour_config=config.yaml --set listen_host=$(HOST) --set web_port=8090 \
+	  --set web_columns=tls,icon,path,comment,method,status,size,time \
 	  --mode regular@$(PORT) \
 	  --mode reverse:https://api.anthropic.com@$(REVERSE_BASE) \
 	  --mode reverse:https://api.openai.com@$$(($(REVERSE_BASE)+1)) \

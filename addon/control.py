@@ -124,6 +124,16 @@ class Control:
             ordered.sort(key=lambda p: p.id != pinned)
         return ordered[: app.max_attempts]
 
+    def skipped(self, app: App, queue: list[Provider]) -> tuple[str, ...]:
+        """Providers of `app` left out of `queue` because their circuits are open, in queue order
+        (a request they would have taken is served by a backup "because a circuit was open")."""
+        queued = {p.id for p in queue}
+        return tuple(
+            s.provider
+            for s in self.router.status(app.name)
+            if s.provider not in queued and s.state is State.OPEN
+        )
+
     def acquire(self, app: str, provider: str) -> Permit | None:
         return self.router.acquire(app, provider)
 
@@ -351,17 +361,24 @@ class Control:
             raise ValueError(f"unknown provider {provider!r} for app {app!r}; known: {known}")
 
     def status_lines(self) -> list[str]:
+        """One self-contained entry per provider (mitmweb's command bar shows a list, one item a
+        line, without indentation): `claude/backup: open, 3 failures, probe in 20s`, and which one
+        each app uses now."""
         lines = []
         degraded = self.store.degraded
         if degraded:
             lines.append(f"state: degraded ({self.redact(degraded)})")
         for app in self.config.apps:
-            pinned = self._pins.get(app.name)
-            pin = f" (pinned: {pinned})" if pinned else ""
-            lines.append(f"{app.name}: current={self.switches.current(app.name)}{pin}")
+            current, pinned = self.switches.current(app.name), self._pins.get(app.name)
             for st in self.router.status(app.name):
-                probe = f" probe in {st.probe_in:.1f}s" if st.state is State.OPEN else ""
-                lines.append(f"  {st.provider}: {st.state.value} failures={st.consecutive_failures}{probe}")
+                count = st.consecutive_failures
+                failures = f"{count} failure" + ("" if count == 1 else "s")
+                entry = f"{app.name}/{st.provider}: {st.state.value}, {failures}"
+                if st.state is State.OPEN:
+                    entry += f", probe in {st.probe_in:.0f}s"
+                if st.provider == current:
+                    entry += " ← current" + (" (pinned)" if pinned == current else "")
+                lines.append(entry)
         return lines
 
     def close(self) -> None:

@@ -321,6 +321,8 @@ class Result:
     continued: bool = False
     #: What the attempt log records of `served_by`'s attempt: its models, timings and tokens.
     metering: Metering | None = None
+    #: Providers left out of the queue because their circuits were open.
+    skipped: tuple[str, ...] = ()
 
     @property
     def succeeded(self) -> bool:
@@ -431,6 +433,7 @@ class Exchange:
         limits: Limits = Limits(),
         body: bytes = b"",
         path: str = "",
+        skipped: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.dialect = dialect
@@ -438,6 +441,8 @@ class Exchange:
         #: The providers still to try, best first: a snapshot taken at admission, so a reload while
         #: the request is in flight changes nothing for it.
         self.queue = queue
+        #: Providers ahead in the app's queue left out of it because their circuits were open.
+        self.skipped = skipped
         self.secrets = secrets
         self.limits = limits
         #: The client's request body (uncompressed) and path: a continuation is written from them,
@@ -977,6 +982,7 @@ class Exchange:
             self._streamed(),
             continued=continued,
             metering=metering,
+            skipped=self.skipped,
         )
         return Done(self.result)
 

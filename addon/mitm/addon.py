@@ -20,9 +20,10 @@ from mitmproxy.addonmanager import Loader
 from addon.access import allow_host_patterns, parse_client_networks
 from addon.control import Control, monotonic_control
 from addon.driver import Driver, Sender
+from addon.mitm import contentview
 from addon.mitm.configfile import ConfigFile
 from addon.mitm.dispatch import Dispatcher
-from addon.mitm.flows import AsSent, make_response, mask_flow
+from addon.mitm.flows import AsSent, make_response, mask_flow, refuse_replay
 from addon.mitm.internals import check_internals
 from addon.mitm.relay import Relay
 from addon.mitm.routing import Routes
@@ -71,6 +72,7 @@ class Detour:
             "Decrypt every host, not only the apps' hosts (Detour then leaves allow_hosts alone).",
         )  # fmt: skip
         loader.add_option("detour_watch_ms", int, 1000, "How often to check config.yaml for changes; 0: off.")
+        contentview.register()
 
     def configure(self, updated: set[str]) -> None:
         try:
@@ -95,6 +97,7 @@ class Detour:
             # With eager, mitmproxy connects to the original host before any request hook runs.
             ctx.options.update(connection_strategy="lazy")
         check_internals()
+        show_comments()
         if getattr(ctx.options, "proxy_debug", False):
             logger.warning("detour: proxy_debug is on: mitmproxy logs raw bytes, API keys included")
         self.relay.listen()
@@ -105,6 +108,7 @@ class Detour:
             self._probing = asyncio.ensure_future(self.prober.run())
 
     async def done(self) -> None:
+        contentview.unregister()
         for task in (self._watcher, self._probing):
             if task is not None:
                 task.cancel()
@@ -164,6 +168,9 @@ class Detour:
             flow.response = make_response(403, _JSON, message)
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if flow.is_replay == "request" and "detour" in flow.metadata:
+            refuse_replay(flow)
+            return None
         sent = self._sent.pop(flow.id, None)
         app = self.routes.app_for(flow)
         if app is None or self.dispatch is None:
@@ -241,3 +248,14 @@ class Detour:
             self.config_file.reload()
         except ValueError as e:
             raise exceptions.CommandError(str(e)) from None
+
+
+def show_comments() -> None:
+    """Under mitmweb, the flow list shows each flow's comment (who served it, and why) right after
+    its path, unless the user chose the columns (the option exists only in mitmweb)."""
+    if "web_columns" not in ctx.options or ctx.options.has_changed("web_columns"):
+        return
+    columns = list(ctx.options.default("web_columns"))
+    if "comment" not in columns:
+        at = columns.index("path") + 1 if "path" in columns else len(columns)
+        ctx.options.update(web_columns=[*columns[:at], "comment", *columns[at:]])

@@ -13,7 +13,7 @@ from mitmproxy import ctx, http
 from addon.classify import Outcome
 from addon.control import CLIENT_GONE, Control
 from addon.driver import AttemptReport, Driver
-from addon.exchange import Delivery, Exchange, Limits, Result
+from addon.exchange import Delivery, Exchange, Limits, Result, attempts_text
 from addon.formats import Dialect, dialect_for
 from addon.formats.documents import first_model
 from addon.formats.openai_responses import final_message
@@ -108,15 +108,17 @@ class Dispatcher:
         limits = Limits(max_body=self.control.config.max_body)
         # A continuation rewrites the request's JSON: only a body sent uncompressed can be.
         plain = request.body if request.header(b"content-encoding") in (None, b"identity") else b""
+        queue = self.control.candidates(app)
         exchange = Exchange(
             app,
             dialect,
             delivery,
-            self.control.candidates(app),
+            queue,
             self.control.secrets,
             limits,
             plain,
             request.path,
+            skipped=self.control.skipped(app, queue),
         )
         if delivery is Delivery.WHOLE:
             return self._answer_whole(flow, app, exchange, request)
@@ -157,7 +159,8 @@ class Dispatcher:
         sink: FlowSink | RelaySink,
     ) -> Result:
         reports: list[AttemptReport] = []
-        result = await self.driver.run(exchange, request, sink, reports.append, copy_streams=keeps_bodies())
+        # Attempt flows are Detour's own: their streamed bodies are copied whenever flows are shown.
+        result = await self.driver.run(exchange, request, sink, reports.append, copy_streams=shows_flows())
         if needs_publishing(reports):
             await publish(flow, exchange, reports)
         return result
@@ -239,14 +242,28 @@ class Dispatcher:
         provider tried, because mitmdump's own flow line shows the original host with the answer."""
         metering, usage = result.metering, ""
         # Only where someone will read it: a UI or a flow file, or the failover line logged below.
-        shown = keeps_bodies() or bool(result.failed) or result.served_by is None
+        shown = shows_flows() or bool(result.failed) or result.served_by is None
         if shown and metering is not None and result.served_by is not None and metering.dialect:
             dollars = self.control.cost(app, result.served_by.id, metering)
             usage = flow_summary(metering.tokens, dollars)
             flow.metadata["detour_usage"] = usage_metadata(metering, dollars)
         annotate(flow, app, result, usage)
         if result.failed or result.served_by is None:
-            logger.info("%s: %s %s", flow.comment, flow.request.method, flow.request.path)
+            logger.info("%s: %s %s", described(app, result), flow.request.method, flow.request.path)
+
+
+def described(app: str, result: Result) -> str:
+    """The log line's words for a request that wasn't simply served by the first provider."""
+    failed = attempts_text(result.failed)
+    if result.client_gone:
+        return f"detour {app}: the client left" + (f" after {failed}" if failed else "")
+    if result.served_by is None:
+        return f"detour {app}: every provider failed: {failed}"
+    verb = "continued" if result.continued else "served"
+    text = f"detour {app}: {verb} by {result.served_by.id} after {failed}"
+    if result.verdict is not None and not result.succeeded:
+        text += f" ({result.verdict.reason})"
+    return text
 
 
 def usage_metadata(metering: Metering, dollars: float | None) -> dict[str, object]:
@@ -270,8 +287,12 @@ def _delivery(request: ClientRequest, dialect: Dialect) -> Delivery:
     return Delivery.STREAM if dialect.is_stream_request(request.path, request.body) else Delivery.WHOLE
 
 
-def keeps_bodies() -> bool:
-    """Someone will look at streamed bodies: a UI (mitmweb, console) or a flow file being written."""
-    if getattr(ctx.options, "store_streamed_bodies", False):
-        return False  # mitmproxy 12 keeps them itself
+def shows_flows() -> bool:
+    """Someone will look at flows: a UI (mitmweb, console) or a flow file being written."""
     return ctx.master.addons.get("view") is not None or bool(getattr(ctx.options, "save_stream_file", None))
+
+
+def keeps_bodies() -> bool:
+    """The client's streamed answer must be copied onto its flow: someone looks at flows and
+    mitmproxy doesn't keep streamed bodies itself (12's `store_streamed_bodies`)."""
+    return shows_flows() and not getattr(ctx.options, "store_streamed_bodies", False)

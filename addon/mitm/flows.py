@@ -3,6 +3,7 @@ pointing a flow at the relay and back, and telling the mitmweb user what happene
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,12 +12,13 @@ from urllib.parse import unquote_plus
 from mitmproxy import connection, http
 
 from addon.credentials import CLIENT_CREDENTIAL_PARAMS, CLIENT_CREDENTIALS
-from addon.exchange import Result, attempts_text
+from addon.exchange import Result
 from addon.rewrite import ClientRequest
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
-MARK_FAILED_OVER = ":arrows_counterclockwise:"
+#: Served by another provider than the first in the queue (🔀: mitmweb's own replay icon is 🔄-like).
+MARK_REROUTED = ":twisted_rightwards_arrows:"
 MARK_ALL_FAILED = ":x:"
 #: A streamed answer that broke and was finished by another provider.
 MARK_CONTINUED = ":link:"
@@ -182,32 +184,81 @@ class StreamCopy:
 
 
 def annotate(flow: http.HTTPFlow, app: str, result: Result, usage: str = "") -> None:
-    """Comment, marker and metadata, so mitmweb's flow list shows failovers without opening them;
-    `usage` (the served attempt's tokens and cost) ends the comment."""
+    """Comment, marker and metadata, so mitmweb's flow list shows who served a request and why
+    without opening it. The comment leads with the fact that matters (the serving provider, or
+    that all failed), so it survives a narrow column; `usage` then the app come last."""
     served = result.served_by.id if result.served_by is not None else None
-    failed = result.failed
-    if result.client_gone:
-        flow.comment = f"detour {app}: the client left" + (
-            f" after {attempts_text(failed)}" if failed else ""
-        )
-    elif served is None:
-        flow.comment = f"detour {app}: every provider failed: {attempts_text(failed)}"
-        flow.marked = MARK_ALL_FAILED
-    elif result.continued:
-        flow.comment = f"detour {app}: continued by {served} after {attempts_text(failed)}"
-        flow.marked = MARK_CONTINUED
-    elif failed:
-        flow.comment = f"detour {app}: served by {served} after {attempts_text(failed)}"
-        flow.marked = MARK_FAILED_OVER
-    else:
-        flow.comment = f"detour {app}: served by {served}"
-    if served is not None and result.verdict is not None and not result.succeeded:
-        flow.comment += f" ({result.verdict.reason})"
-    if usage:
-        flow.comment += f" · {usage}"
+    flow.comment = " · ".join(part for part in (headline(result), usage, app) if part)
+    marker = _marker(result)
+    if marker:
+        flow.marked = marker
     flow.metadata["detour"] = {
         "app": app,
         "provider": served,
-        "failed": [{"provider": a.provider, "reason": a.reason} for a in failed],
+        "failed": [{"provider": a.provider, "reason": a.reason} for a in result.failed],
         "continued": result.continued,
+        "skipped": list(skipped_before(result)),
     }
+
+
+def _marker(result: Result) -> str:
+    if result.client_gone:
+        return ""
+    if result.served_by is None:
+        return MARK_ALL_FAILED
+    if result.continued:
+        return MARK_CONTINUED
+    return MARK_REROUTED if result.failed or skipped_before(result) else ""
+
+
+def headline(result: Result) -> str:
+    """`zhipu ← anthropic 529`, `✗ anthropic 529, zhipu 503`, `zhipu (anthropic: circuit open)`,
+    `zhipu ⤷ anthropic reset` (continued), `client left`: who answered, then what went wrong."""
+    served = result.served_by.id if result.served_by is not None else None
+    failed = ", ".join(f"{a.provider} {short_reason(a.reason)}" for a in result.failed)
+    skipped = ", ".join(f"{p}: circuit open" for p in skipped_before(result))
+    if result.client_gone:
+        return "client left" + (f" ({failed})" if failed else "")
+    if served is None:
+        return f"✗ {failed}" if failed else "✗ no provider could be tried"
+    if result.continued:
+        text = f"{served} ⤷ {failed} (continued)"
+    elif failed:
+        text = f"{served} ← {failed}"
+    else:
+        text = served
+    if skipped:
+        text += f" ({skipped})"
+    if result.verdict is not None and not result.succeeded:
+        text += f" [{short_reason(result.verdict.reason)}]"
+    return text
+
+
+def short_reason(reason: str) -> str:
+    """`http 529` → `529`; `timeout_first_byte: no headers for 30s` → `timeout_first_byte`."""
+    if reason.startswith("http "):
+        return reason[5:].split(" ", 1)[0]
+    return reason.split(":", 1)[0].split(" (", 1)[0]
+
+
+def skipped_before(result: Result) -> tuple[str, ...]:
+    """Providers ahead of the one that served whose circuits were open (not tried, not failed)."""
+    return result.skipped if result.served_by is not None else ()
+
+
+REPLAY_REFUSED = (
+    "Detour does not replay a routed request: its flow shows the client's credentials masked (***), "
+    "so a replay would reach a provider without them (or with a key meant for another). Send the "
+    "request again from the client, and Detour routes it like any other."
+)
+
+
+def refuse_replay(flow: http.HTTPFlow) -> None:
+    """A replay (mitmweb's Replay, `replay.client`) of a flow Detour routed, or of one of its attempt
+    flows, is answered here and never leaves; its copied comment and marker are replaced."""
+    body = json.dumps({"error": {"type": "replay_refused", "message": REPLAY_REFUSED}}).encode()
+    flow.response = make_response(409, ((b"content-type", b"application/json"),), body)
+    flow.comment = "replay refused by Detour: send it again from the client"
+    flow.marked = ""
+    flow.metadata.pop("detour", None)
+    flow.metadata.pop("detour_usage", None)

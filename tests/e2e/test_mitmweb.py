@@ -75,8 +75,8 @@ def test_flow_list_shows_provider_failed_attempts_and_marker(
     routed = [f for f in flows if not f.get("is_replay")]
     attempts = [f for f in flows if f.get("is_replay")]
     assert [f["comment"] for f in routed] == [
-        "detour claude: served by primary · 10 in / 5 out tokens, cost unknown",
-        "detour claude: served by backup after primary (http 529) · 10 in / 5 out tokens, cost unknown",
+        "primary · 10 in / 5 out tokens, cost unknown · claude",
+        "backup ← primary 529 · 10 in / 5 out tokens, cost unknown · claude",
     ]
     assert not routed[0]["marked"]
     assert routed[1]["marked"]  # the failover stands out in the list
@@ -111,7 +111,7 @@ def test_a_continued_stream_is_marked_and_both_attempts_are_shown(
 
     flows = web_flows(web_port)
     (routed,) = [f for f in flows if not f.get("is_replay")]
-    assert routed["comment"].startswith("detour claude: continued by backup after primary (reset")
+    assert routed["comment"].startswith("backup ⤷ primary reset (continued) · ")
     assert routed["marked"] in (":link:", "🔗")  # mitmweb 11 sends the emoji itself
     attempts = [f for f in flows if f.get("is_replay")]
     assert [f["comment"].split(":")[0] for f in attempts] == [

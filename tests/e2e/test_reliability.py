@@ -662,7 +662,7 @@ def test_keys_never_leak_to_other_providers_log_state_or_flows(
             comments.append(flow.comment)
             assert not secret_leaks(flow.comment.encode()), flow.comment
             assert not secret_leaks(json.dumps(flow.metadata.get("detour", {})).encode())
-    assert any("served by backup after" in c for c in comments), comments
+    assert any(c.startswith("backup ← ") for c in comments), comments
     report(
         "security",
         {

@@ -238,7 +238,7 @@ async def test_a_healthy_primary_answers_with_the_clients_credentials(rig: Rig) 
     assert flow.response is not None and flow.response.json() == {"ok": True}
     assert flow.response.headers["x-detour-provider"] == "primary"
     # no UI and no flow file here: nobody reads a usage summary of a plain success, none is made
-    assert flow.comment == "detour claude: served by primary"
+    assert flow.comment == "primary · claude"
     (sent,) = rig.providers.received
     assert sent.url == "http://primary.test/v1/messages"
     assert (b"x-api-key", CLIENT_KEY.encode()) in sent.headers
@@ -250,8 +250,8 @@ async def test_a_529_fails_over_with_the_backups_key_and_model(rig: Rig) -> None
     flow = await rig.ask()
     assert flow.response is not None and flow.response.headers["x-detour-provider"] == "backup"
     assert flow.response.headers["x-detour-attempts"] == "primary (http 529)"
-    assert flow.marked == ":arrows_counterclockwise:"
-    assert flow.comment == "detour claude: served by backup after primary (http 529) · tokens not reported"
+    assert flow.marked == ":twisted_rightwards_arrows:"
+    assert flow.comment == "backup ← primary 529 · tokens not reported · claude"
     primary, backup = rig.providers.received
     assert backup.url == "https://backup.test/api/v1/messages"
     assert (b"authorization", f"Bearer {BACKUP_KEY}".encode()) in backup.headers
@@ -269,6 +269,35 @@ async def test_nothing_reachable_gives_503_with_retry_after(rig: Rig) -> None:
     assert int(flow.response.headers["retry-after"]) >= 1
     assert flow.response.json()["error"]["type"] == "overloaded_error"
     assert flow.marked == ":x:"
+    assert flow.comment == "✗ primary connect, backup connect · claude"
+
+
+async def test_a_request_served_by_a_backup_because_a_circuit_is_open_says_so(rig: Rig) -> None:
+    rig.providers.answer("primary.test", (Head(529, ()), b'{"type":"error"}', End()))
+    for _ in range(3):  # failure_threshold: the primary's circuit opens
+        await rig.ask()
+    received = len(rig.providers.received)
+    flow = await rig.ask()
+    assert rig.providers.hosts()[received:] == ["backup.test"]  # the primary was not tried
+    assert flow.comment == "backup (primary: circuit open) · claude"
+    assert flow.marked == ":twisted_rightwards_arrows:"
+    assert flow.metadata["detour"]["skipped"] == ["primary"]
+
+
+async def test_a_replay_of_a_routed_flow_is_refused_and_never_leaves(rig: Rig) -> None:
+    rig.providers.answer("primary.test", (Head(529, ()), b'{"type":"error"}', End()))
+    original = await rig.ask()
+    assert original.marked and "detour" in original.metadata
+    replay = original.copy()
+    replay.response = None
+    replay.is_replay = "request"
+    sent = len(rig.providers.received)
+    await rig.route(replay)
+    assert len(rig.providers.received) == sent  # nothing went anywhere
+    assert replay.response is not None and replay.response.status_code == 409
+    assert "send the request again from the client" in replay.response.json()["error"]["message"].lower()
+    assert replay.comment == "replay refused by Detour: send it again from the client"
+    assert not replay.marked and "detour" not in replay.metadata
 
 
 async def test_a_bug_while_routing_answers_502_and_never_lets_the_request_leave(
@@ -353,10 +382,8 @@ async def test_a_served_flow_says_its_tokens_and_cost_and_the_usage_command_adds
     rig.providers.answer("backup.test", answer)
     flow = await rig.ask()
     dollars = (1200 * 3 + 30000 * 0.3 + 56 * 15) / 1e6
-    assert flow.comment == (
-        "detour claude: served by backup after primary (http 529) · "
-        "1,200 in (+30,000 cached) / 56 out tokens, $0.0134"
-    )
+    usage = "1,200 in (+30,000 cached) / 56 out tokens, $0.0134"
+    assert flow.comment == f"backup ← primary 529 · {usage} · claude"
     assert flow.metadata["detour_usage"] == {
         "model": "backup-model",
         "input_tokens": 1200,
@@ -444,11 +471,9 @@ async def test_the_usage_command_wants_a_window(rig: Rig) -> None:
 
 async def test_status_lists_every_app_and_provider(rig: Rig) -> None:
     assert rig.tctx.command(rig.addon.status) == [
-        "claude: current=primary",
-        "  primary: closed failures=0",
-        "  backup: closed failures=0",
-        "codex: current=openai",
-        "  openai: closed failures=0",
+        "claude/primary: closed, 0 failures ← current",
+        "claude/backup: closed, 0 failures",
+        "codex/openai: closed, 0 failures ← current",
     ]
 
 
@@ -459,7 +484,7 @@ async def test_switch_pins_and_auto_unpins(rig: Rig, caplog: pytest.LogCaptureFi
     flow = await rig.ask()
     assert flow.response is not None and flow.response.headers["x-detour-provider"] == "backup"
     rig.tctx.command(rig.addon.switch, "claude", "auto")
-    assert rig.tctx.command(rig.addon.status)[0] == "claude: current=primary"  # its circuit is closed
+    assert rig.tctx.command(rig.addon.status)[0] == "claude/primary: closed, 0 failures ← current"
 
 
 @pytest.mark.parametrize(

@@ -263,10 +263,9 @@ def test_status_lines(core: Core, clock: FakeClock) -> None:
     clock.advance(10)
     core.pin("claude", "third")
     assert core.status_lines() == [
-        "claude: current=third (pinned: third)",
-        "  primary: closed failures=0",
-        "  backup: open failures=3 probe in 20.0s",
-        "  third: closed failures=0",
+        "claude/primary: closed, 0 failures",
+        "claude/backup: open, 3 failures, probe in 20s",
+        "claude/third: closed, 0 failures ← current (pinned)",
     ]
 
 
@@ -284,7 +283,7 @@ def test_reconfigure_forgets_removed_provider(core: Core, db: Path, clock: FakeC
         core.router.breaker("claude", "third")
     # The removed current provider is replaced by the first closed circuit; its pin is gone.
     assert core.switches.current("claude") == "backup"
-    assert core.status_lines()[0] == "claude: current=backup"
+    assert core.status_lines()[1] == "claude/backup: closed, 0 failures ← current"
     # Surviving provider keeps its open circuit.
     assert core.router.breaker("claude", "primary").state() is State.OPEN
     assert ids(core.candidates(core.config.apps[0])) == ["backup"]
