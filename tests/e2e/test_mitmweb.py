@@ -120,3 +120,23 @@ def test_a_continued_stream_is_marked_and_both_attempts_are_shown(
     ]
     assert attempts[0]["comment"].endswith("failed (reset: Connection reset by peer)")
     assert BACKUP_KEY not in json.dumps(flows)
+
+
+def test_a_streamed_failover_shows_each_attempt_s_streamed_answer(
+    tmp_path: Path, mock_factory: Any, mitmdump_factory: Any
+) -> None:
+    primary, backup, port, web_port = start_web(tmp_path, mock_factory, mitmdump_factory)
+    primary.fault("status", status=529, times=1)
+    document = {"model": "claude-x", "max_tokens": 5, "stream": True, "messages": []}
+    status, _, body = post_json(port, "/v1/messages", document, {"x-api-key": CLIENT_KEY})
+    assert status == 200 and b"message_stop" in body
+    flows = web_flows(web_port)
+    (routed,) = [f for f in flows if not f.get("is_replay")]
+    assert routed["comment"].startswith("backup ← primary 529 · ")
+    attempts = [f for f in flows if f.get("is_replay")]
+    # The backup's streamed answer is on its attempt flow, not "content missing".
+    assert [(f["response"]["status_code"], f["response"]["contentLength"] > 0) for f in attempts] == [
+        (529, True),
+        (200, True),
+    ]
+    assert routed["response"]["contentLength"] > 0
