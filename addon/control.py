@@ -124,15 +124,22 @@ class Control:
             ordered.sort(key=lambda p: p.id != pinned)
         return ordered[: app.max_attempts]
 
-    def skipped(self, app: App, queue: list[Provider]) -> tuple[str, ...]:
-        """Providers of `app` left out of `queue` because their circuits are open, in queue order
-        (a request they would have taken is served by a backup "because a circuit was open")."""
-        queued = {p.id for p in queue}
-        return tuple(
-            s.provider
-            for s in self.router.status(app.name)
-            if s.provider not in queued and s.state is State.OPEN
-        )
+    def skipped(self, app: App, queue: list[Provider]) -> tuple[tuple[str, str], ...]:
+        """The providers `app` would have tried before the first of `queue` but left out because
+        their circuits don't admit a request now, with their state ("open", "half_open"): a
+        request the first of `queue` serves was rerouted because of them."""
+        if not queue:
+            return ()
+        first, queued = queue[0].id, {p.id for p in queue}
+        states = {s.provider: s.state for s in self.router.status(app.name)}
+        ahead: list[tuple[str, str]] = []
+        for provider in app.providers:
+            if provider.id == first:
+                return tuple(ahead)
+            state = states.get(provider.id)
+            if provider.id not in queued and state is not None and state is not State.CLOSED:
+                ahead.append((provider.id, state.value))
+        return ()
 
     def acquire(self, app: str, provider: str) -> Permit | None:
         return self.router.acquire(app, provider)
@@ -376,8 +383,10 @@ class Control:
                 entry = f"{app.name}/{st.provider}: {st.state.value}, {failures}"
                 if st.state is State.OPEN:
                     entry += f", probe in {st.probe_in:.0f}s"
+                if st.provider == pinned:
+                    entry += " (pinned)"
                 if st.provider == current:
-                    entry += " ← current" + (" (pinned)" if pinned == current else "")
+                    entry += " ← current"
                 lines.append(entry)
         return lines
 

@@ -110,6 +110,8 @@ class AttemptReport:
     verdict: Verdict | None
     started: float
     ended: float
+    #: `body` is only the start of a streamed answer longer than the copy keeps.
+    truncated: bool = False
 
 
 Observer = Callable[[AttemptReport], None]
@@ -213,6 +215,8 @@ class _Run:
         self.outbound: dict[int, OutboundRequest] = {}
         self.copy = bytearray()
         self.copying = False
+        #: The copy reached REPORT_COPY_LIMIT and stopped: the report says it is cut short.
+        self.copy_cut = False
         self.started_wall: dict[int, float] = {}
         self.channel = Channel()
         self.reader: asyncio.Task[None] | None = None
@@ -298,8 +302,13 @@ class _Run:
             self.started[action.attempt.number] = d.clock()
             self.start_reader(action, ex.delivery is Delivery.UPGRADE)
         elif isinstance(action, Forward):
-            if self.copying and len(self.copy) + len(action.data) <= REPORT_COPY_LIMIT:
-                self.copy += action.data
+            if self.copying and not self.copy_cut:
+                # The copy stops at the first chunk that doesn't fit: a copy with a hole in it
+                # could end with the stream's final events and pass for the whole answer.
+                if len(self.copy) + len(action.data) <= REPORT_COPY_LIMIT:
+                    self.copy += action.data
+                else:
+                    self.copy_cut = True
             await self.sink.forward(action.data)
             return Forwarded(d.clock())
         elif isinstance(action, Stream):
@@ -360,7 +369,8 @@ class _Run:
         if self.observe is None or outbound is None:  # never sent: nothing to show
             return
         body = bytes(self.copy) if attempt.streaming else bytes(attempt.body)
-        self.copy = bytearray()
+        truncated = attempt.streaming and self.copy_cut
+        self.copy, self.copy_cut = bytearray(), False
         self.observe(
             AttemptReport(
                 attempt.number,
@@ -372,6 +382,7 @@ class _Run:
                 verdict,
                 self.started_wall.get(attempt.number, 0.0),
                 self.d.wall(),
+                truncated,
             )
         )
 

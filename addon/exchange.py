@@ -321,8 +321,8 @@ class Result:
     continued: bool = False
     #: What the attempt log records of `served_by`'s attempt: its models, timings and tokens.
     metering: Metering | None = None
-    #: Providers left out of the queue because their circuits were open.
-    skipped: tuple[str, ...] = ()
+    #: Providers ahead of the queue left out because their circuits were open (id, breaker state).
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def succeeded(self) -> bool:
@@ -433,7 +433,7 @@ class Exchange:
         limits: Limits = Limits(),
         body: bytes = b"",
         path: str = "",
-        skipped: tuple[str, ...] = (),
+        skipped: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.app = app
         self.dialect = dialect
@@ -441,7 +441,7 @@ class Exchange:
         #: The providers still to try, best first: a snapshot taken at admission, so a reload while
         #: the request is in flight changes nothing for it.
         self.queue = queue
-        #: Providers ahead in the app's queue left out of it because their circuits were open.
+        #: Providers ahead of the queue left out of it because their circuits didn't admit a request.
         self.skipped = skipped
         self.secrets = secrets
         self.limits = limits

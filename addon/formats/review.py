@@ -11,15 +11,17 @@ cost, as they do for the exchange.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from addon.formats import DIALECTS, Dialect
 from addon.formats.base import error_text
 from addon.formats.documents import json_object
 from addon.formats.ir import Began, Finished, Message, StreamEvent, TextDelta, ThinkingDelta, ToolCallDelta
-from addon.formats.sse import SSEParser
+from addon.formats.sse import SSEEvent
 from addon.formats.translation import CODECS
 from addon.formats.usage import Tokens
+from addon.secrets import redact
 
 #: How each dialect's answers are recognised by the request path (the provider's base path may come
 #: first: `/api/anthropic/v1/messages`).
@@ -32,6 +34,31 @@ _PATH_ENDINGS = (
 )
 #: The most of a long text kept in the view (the raw view still has all of it).
 MAX_SHOWN = 200_000
+#: The most of a body the view reads: mitmweb renders views on the proxy's own event loop, and a
+#: view that took seconds would hold up every flow. Beyond it the view says what it didn't read.
+MAX_REVIEWED = 1024 * 1024
+#: The most chunks of a JSON-array answer read.
+MAX_CHUNKS = 2_000
+
+
+#: What the start of each dialect's answers holds (a JSON API that merely ends in `/messages`, e.g.
+#: OpenAI's Assistants `/v1/threads/{id}/messages`, is not one of them).
+_ANSWER_MARKS: dict[str, tuple[bytes, ...]] = {
+    "anthropic": (b'"type":"message"', b'"type": "message"', b'"type":"error"', b'"type": "error"'),
+    "openai-chat": (b'"choices"', b'"error"'),
+    "openai-responses": (b'"object":"response"', b'"object": "response"', b'"error"'),
+    "gemini": (b'"candidates"', b'"usageMetadata"', b'"error"'),
+}
+#: How much of a body `looks_like_answer` searches.
+_MARK_WINDOW = 64 * 1024
+
+
+def looks_like_answer(dialect: Dialect, body: bytes, streamed: bool) -> bool:
+    """The body is an answer of `dialect` (an event stream, or a JSON document with its marks)."""
+    if streamed:
+        return True
+    head = body[:_MARK_WINDOW]
+    return any(mark in head for mark in _ANSWER_MARKS.get(dialect.name, ()))
 
 
 def dialect_of(path: str) -> Dialect | None:
@@ -86,30 +113,64 @@ class _Answer:
                 self.blocks.append(_Block("tool call", [json.dumps(part.arguments)], part.name, part.id))
 
 
-def review(dialect: Dialect, body: bytes, streamed: bool, status: int = 200) -> str:
-    """The answer in `body` (an event stream when `streamed`, else one JSON document) as text."""
+def review(
+    dialect: Dialect,
+    body: bytes,
+    streamed: bool,
+    status: int = 200,
+    truncated: bool = False,
+    secrets: Collection[str] = (),
+) -> str:
+    """The answer in `body` (an event stream when `streamed`, else one JSON document) as text, with
+    every key masked (a key a model spells in pieces is whole only once the pieces are joined).
+    `truncated`: `body` is only the start of the answer (a flow's bounded copy)."""
+    return redact(_review(dialect, body, streamed, status, truncated), secrets)
+
+
+def _review(dialect: Dialect, body: bytes, streamed: bool, status: int, truncated: bool) -> str:
     if not 200 <= status < 300 and not streamed:
-        document = json_object(body)
-        shown = (
-            json.dumps(document, indent=2, ensure_ascii=False)
-            if document is not None
-            else body.decode("utf-8", "replace")
-        )
-        said = error_text(body)
-        return f"{dialect.name} error answer (http {status}): {said or 'no error message'}\n\n{shown}"
+        return _error_answer(dialect, f"http {status}", body)
+    shown = body[:MAX_REVIEWED]
     answer = _Answer()
     if streamed:
-        head, tokens = _read_stream(dialect, body, answer)
+        head, tokens = _read_stream(dialect, shown, answer)
     else:
-        head, tokens = _read_whole(dialect, body, answer)
+        document = json_object(shown) if len(body) <= MAX_REVIEWED else None
+        if document is not None and "error" in document and not _has_answer(document):
+            return _error_answer(dialect, f"http {status}", body)  # a failure sent as a 200
+        head, tokens = _read_whole(dialect, shown, document, answer)
+    if len(body) > MAX_REVIEWED or truncated:
+        # What the view didn't read can't be judged: never "complete".
+        seen = f"{min(len(body), MAX_REVIEWED):,} of {len(body):,} bytes" if len(body) > MAX_REVIEWED else ""
+        why = seen or "this flow keeps only the start of the answer"
+        head = f"{dialect.name} answer, partly shown ({why}): how it ended is not known here"
     return "\n".join(_render(head, answer, tokens))
+
+
+def _error_answer(dialect: Dialect, how: str, body: bytes) -> str:
+    document = json_object(body[:MAX_REVIEWED])
+    if document is not None:
+        shown = json.dumps(document, indent=2, ensure_ascii=False)
+    else:
+        shown = body[:MAX_REVIEWED].decode("utf-8", "replace")
+    said = error_text(body[:MAX_REVIEWED])
+    return f"{dialect.name} error answer ({how}): {said or 'no error message'}\n\n{shown}"
+
+
+def _has_answer(document: dict[str, object]) -> bool:
+    """An answer document (not only an error) of any dialect."""
+    return any(k in document for k in ("content", "choices", "candidates", "output"))
 
 
 def _read_stream(dialect: Dialect, body: bytes, answer: _Answer) -> tuple[str, Tokens | None]:
     watch = dialect.watch()
-    watch.feed(body)
     reader = CODECS[dialect.name].reader()
-    for event in SSEParser().feed(body + b"\n\n"):  # a final event without its blank line still shows
+    # One parse: the watch's events of the body (plus a final event without its blank line).
+    events: list[SSEEvent] = []
+    for chunk in (body, b"\n\n"):
+        watch.feed(chunk)
+        events += watch.last
+    for event in events:
         if event.data == "[DONE]":
             continue
         try:
@@ -126,16 +187,22 @@ def _read_stream(dialect: Dialect, body: bytes, answer: _Answer) -> tuple[str, T
     return f"{dialect.name} stream, {watch.events} events: {state}", watch.meter.tokens()
 
 
-def _read_whole(dialect: Dialect, body: bytes, answer: _Answer) -> tuple[str, Tokens | None]:
-    document = json_object(body)
+def _read_whole(
+    dialect: Dialect, body: bytes, document: dict[str, object] | None, answer: _Answer
+) -> tuple[str, Tokens | None]:
     if document is None:
-        parsed = _json_list(body)
-        if parsed is None:
+        chunks = _json_list(body)
+        if chunks is None:
             raise ValueError("not a JSON answer")
         # Gemini's streamGenerateContent without alt=sse: the chunks as one JSON array.
-        return _read_stream(
-            dialect, b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in parsed), answer
-        )
+        reader = CODECS[dialect.name].reader()
+        tokens: Tokens | None = None
+        for chunk in chunks[:MAX_CHUNKS]:
+            if isinstance(chunk, dict):
+                for item in reader.read(SSEEvent("message", json.dumps(chunk))):
+                    answer.add(item)
+                tokens = dialect.body_tokens(json.dumps(chunk).encode()) or tokens
+        return f"{dialect.name} answer, {len(chunks)} chunks", tokens
     answer.whole(CODECS[dialect.name].decode_message(document))
     return f"{dialect.name} answer", dialect.body_tokens(body)
 

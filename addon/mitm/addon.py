@@ -23,7 +23,7 @@ from addon.driver import Driver, Sender
 from addon.mitm import contentview
 from addon.mitm.configfile import ConfigFile
 from addon.mitm.dispatch import Dispatcher
-from addon.mitm.flows import AsSent, make_response, mask_flow, refuse_replay
+from addon.mitm.flows import MASKED, AsSent, make_response, mask_flow, refuse_replay
 from addon.mitm.internals import check_internals
 from addon.mitm.relay import Relay
 from addon.mitm.routing import Routes
@@ -72,7 +72,7 @@ class Detour:
             "Decrypt every host, not only the apps' hosts (Detour then leaves allow_hosts alone).",
         )  # fmt: skip
         loader.add_option("detour_watch_ms", int, 1000, "How often to check config.yaml for changes; 0: off.")
-        contentview.register()
+        contentview.register(lambda: self.control.secrets if self.control is not None else ())
 
     def configure(self, updated: set[str]) -> None:
         try:
@@ -151,13 +151,13 @@ class Detour:
         return None if self.routes.client_allowed(flow) else self._refuse_if_local(flow)
 
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if self.routes.app_for(flow) is not None:
+            # Shown masked from here on, also to a client that is then refused; a streamed request
+            # body would leave before `request` could route it.
+            flow.request.stream = False
+            self._sent[flow.id] = mask_flow(flow)
         if not self.routes.client_allowed(flow):
             return self._refuse_if_local(flow)
-        if self.routes.app_for(flow) is None:
-            return None
-        # A streamed request body would leave before `request` could route it.
-        flow.request.stream = False
-        self._sent[flow.id] = mask_flow(flow)
         return None
 
     async def _refuse_if_local(self, flow: http.HTTPFlow) -> None:
@@ -168,7 +168,7 @@ class Detour:
             flow.response = make_response(403, _JSON, message)
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        if flow.is_replay == "request" and "detour" in flow.metadata:
+        if flow.is_replay == "request" and flow.metadata.get(MASKED):
             refuse_replay(flow)
             return None
         sent = self._sent.pop(flow.id, None)
@@ -182,6 +182,7 @@ class Detour:
             self.dispatch.responseheaders(flow)
 
     def response(self, flow: http.HTTPFlow) -> None:
+        self._sent.pop(flow.id, None)  # a flow answered before `request` (a refused client)
         if self.dispatch is not None:
             self.dispatch.ended(flow)
 

@@ -12,7 +12,7 @@ from mitmproxy import connection, ctx, flow, http
 
 from addon.driver import AttemptReport
 from addon.exchange import Answer, Exchange
-from addon.mitm.flows import mask_credentials, mask_query_credentials
+from addon.mitm.flows import MASKED, TRUNCATED, mask_credentials, mask_query_credentials
 from addon.mitm.internals import finished_hook
 from addon.secrets import redact_bytes
 
@@ -73,6 +73,9 @@ def attempt_flow(
         attempt.marked = MARK_FAILED_ATTEMPT
     attempt.is_replay = "request"
     attempt.metadata["detour"] = {"client_flow": client.id, "attempt": report.number, "provider": provider.id}
+    attempt.metadata[MASKED] = True
+    if report.truncated:
+        attempt.metadata[TRUNCATED] = True
     return attempt
 
 

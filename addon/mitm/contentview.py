@@ -7,16 +7,21 @@ only adapts it to the content-view API of mitmproxy 11 (`View`) and 12 (`Content
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from mitmproxy import contentviews, http
 
-from addon.formats.review import dialect_of, event_stream, review
+from addon.formats.review import dialect_of, event_stream, looks_like_answer, review
+from addon.mitm.flows import TRUNCATED
 
 NAME = "Detour"
 #: Above mitmproxy's own views (JSON is 1) for the answers of model APIs, so it is what opens first.
 PRIORITY = 2.0
+
+
+#: Where the keys to mask come from (the running Detour's config; set by `register`).
+_secrets: Callable[[], Collection[str]] = tuple
 
 
 def _render(data: bytes, flow: object, message: object, content_type: str | None) -> str | None:
@@ -24,20 +29,22 @@ def _render(data: bytes, flow: object, message: object, content_type: str | None
     if not isinstance(flow, http.HTTPFlow) or not isinstance(message, http.Response) or not data:
         return None
     dialect = dialect_of(flow.request.path)
-    if dialect is None:
+    if dialect is None or not looks_like_answer(dialect, data, event_stream(content_type)):
         return None
+    truncated = bool(flow.metadata.get(TRUNCATED))
     try:
-        return review(dialect, data, event_stream(content_type), message.status_code)
+        return review(dialect, data, event_stream(content_type), message.status_code, truncated, _secrets())
     except ValueError:
         return None
 
 
-def _priority(flow: object, message: object, content_type: str | None) -> float:
+def _priority(data: bytes, flow: object, message: object, content_type: str | None) -> float:
     if not isinstance(flow, http.HTTPFlow) or not isinstance(message, http.Response):
         return -1.0
-    if dialect_of(flow.request.path) is None:
+    dialect = dialect_of(flow.request.path)
+    if dialect is None or not (event_stream(content_type) or "json" in (content_type or "")):
         return -1.0
-    return PRIORITY if event_stream(content_type) or "json" in (content_type or "") else -1.0
+    return PRIORITY if looks_like_answer(dialect, data, event_stream(content_type)) else -1.0
 
 
 #: The base class of the running mitmproxy's content views (typed loosely: the two APIs differ).
@@ -62,7 +69,7 @@ if hasattr(_API, "Contentview"):  # mitmproxy 12
             return _shown(data, metadata.flow, metadata.http_message, metadata.content_type)
 
         def render_priority(self, data: bytes, metadata: Any) -> float:
-            return _priority(metadata.flow, metadata.http_message, metadata.content_type)
+            return _priority(data, metadata.flow, metadata.http_message, metadata.content_type)
 
     VIEW: Any = DetourContentview()
 
@@ -78,13 +85,16 @@ else:  # mitmproxy 11
             return NAME, iter([[("text", line)] for line in shown.splitlines()])
 
         def render_priority(self, data: bytes, **metadata: Any) -> float:
-            return _priority(metadata.get("flow"), metadata.get("http_message"), metadata.get("content_type"))
+            flow, message = metadata.get("flow"), metadata.get("http_message")
+            return _priority(data, flow, message, metadata.get("content_type"))
 
     VIEW = DetourView()
 
 
-def register() -> None:
-    """Add the view (once: a script reload registers it again)."""
+def register(secrets: Callable[[], Collection[str]] = tuple) -> None:
+    """Add the view (once: a script reload registers it again); `secrets` gives the keys to mask."""
+    global _secrets
+    _secrets = secrets
     unregister()
     _API.add(VIEW)
 

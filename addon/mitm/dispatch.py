@@ -21,6 +21,7 @@ from addon.formats.usage import Metering, Tokens
 from addon.http1 import header_problem
 from addon.mitm.attempts import needs_publishing, publish
 from addon.mitm.flows import (
+    TRUNCATED,
     AsSent,
     FlowSink,
     SavedRequest,
@@ -187,6 +188,8 @@ class Dispatcher:
             restore(flow, state.saved)
         if state.copy is not None and flow.response is not None:
             flow.response.raw_content = state.copy.body
+            if state.copy.truncated:
+                flow.metadata[TRUNCATED] = True
         result = state.exchange.result
         if result is None:
             return

@@ -35,11 +35,19 @@ class AsSent:
     path: str
 
 
+#: Metadata key on a flow whose streamed body is only the first COPY_LIMIT bytes of the answer.
+TRUNCATED = "detour_copy_truncated"
+#: Metadata key on every flow whose credentials Detour masked for display (routed flows and attempt
+#: flows): such a flow must never be replayed as it is shown.
+MASKED = "detour_masked"
+
+
 def mask_flow(flow: http.HTTPFlow) -> AsSent:
     """Mask the client's credentials on its flow, before any other addon sees them; return the
     originals for the providers that need them."""
     request = flow.request
     sent = AsSent(request.headers.fields, request.path)
+    flow.metadata[MASKED] = True
     request.headers.fields = mask_credentials(sent.fields)
     shown = mask_query_credentials(sent.path)
     if shown != sent.path:
@@ -197,7 +205,7 @@ def annotate(flow: http.HTTPFlow, app: str, result: Result, usage: str = "") -> 
         "provider": served,
         "failed": [{"provider": a.provider, "reason": a.reason} for a in result.failed],
         "continued": result.continued,
-        "skipped": list(skipped_before(result)),
+        "skipped": [p for p, _ in skipped_before(result)],
     }
 
 
@@ -216,7 +224,7 @@ def headline(result: Result) -> str:
     `zhipu ⤷ anthropic reset` (continued), `client left`: who answered, then what went wrong."""
     served = result.served_by.id if result.served_by is not None else None
     failed = ", ".join(f"{a.provider} {short_reason(a.reason)}" for a in result.failed)
-    skipped = ", ".join(f"{p}: circuit open" for p in skipped_before(result))
+    skipped = ", ".join(f"{p}: circuit {state.replace('_', '-')}" for p, state in skipped_before(result))
     if result.client_gone:
         return "client left" + (f" ({failed})" if failed else "")
     if served is None:
@@ -235,13 +243,15 @@ def headline(result: Result) -> str:
 
 
 def short_reason(reason: str) -> str:
-    """`http 529` → `529`; `timeout_first_byte: no headers for 30s` → `timeout_first_byte`."""
+    """`http 529` → `529`; `http 400: too long for this provider's context window` → `400 context`;
+    `timeout_first_byte: no headers for 30s` → `timeout_first_byte`."""
     if reason.startswith("http "):
-        return reason[5:].split(" ", 1)[0]
+        code = reason[5:].split(" ", 1)[0].rstrip(":")
+        return f"{code} context" if "context window" in reason else code
     return reason.split(":", 1)[0].split(" (", 1)[0]
 
 
-def skipped_before(result: Result) -> tuple[str, ...]:
+def skipped_before(result: Result) -> tuple[tuple[str, str], ...]:
     """Providers ahead of the one that served whose circuits were open (not tried, not failed)."""
     return result.skipped if result.served_by is not None else ()
 
@@ -254,11 +264,10 @@ REPLAY_REFUSED = (
 
 
 def refuse_replay(flow: http.HTTPFlow) -> None:
-    """A replay (mitmweb's Replay, `replay.client`) of a flow Detour routed, or of one of its attempt
-    flows, is answered here and never leaves; its copied comment and marker are replaced."""
+    """A replay (mitmweb's Replay, `replay.client`) of a flow whose credentials Detour masked (a
+    routed flow, or one of its attempt flows) is answered here and never leaves, however often it
+    is replayed (the mark that says so stays); its comment and marker are replaced."""
     body = json.dumps({"error": {"type": "replay_refused", "message": REPLAY_REFUSED}}).encode()
     flow.response = make_response(409, ((b"content-type", b"application/json"),), body)
     flow.comment = "replay refused by Detour: send it again from the client"
     flow.marked = ""
-    flow.metadata.pop("detour", None)
-    flow.metadata.pop("detour_usage", None)

@@ -125,7 +125,7 @@ def test_a_continued_stream_is_marked_and_both_attempts_are_shown(
 def test_a_streamed_failover_shows_each_attempt_s_streamed_answer(
     tmp_path: Path, mock_factory: Any, mitmdump_factory: Any
 ) -> None:
-    primary, backup, port, web_port = start_web(tmp_path, mock_factory, mitmdump_factory)
+    primary, _, port, web_port = start_web(tmp_path, mock_factory, mitmdump_factory)
     primary.fault("status", status=529, times=1)
     document = {"model": "claude-x", "max_tokens": 5, "stream": True, "messages": []}
     status, _, body = post_json(port, "/v1/messages", document, {"x-api-key": CLIENT_KEY})

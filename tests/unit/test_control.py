@@ -265,7 +265,7 @@ def test_status_lines(core: Core, clock: FakeClock) -> None:
     assert core.status_lines() == [
         "claude/primary: closed, 0 failures",
         "claude/backup: open, 3 failures, probe in 20s",
-        "claude/third: closed, 0 failures ← current (pinned)",
+        "claude/third: closed, 0 failures (pinned) ← current",
     ]
 
 
