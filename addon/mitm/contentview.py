@@ -100,7 +100,9 @@ def register(secrets: Callable[[], Collection[str]] = tuple) -> None:
 
 
 def unregister() -> None:
-    """mitmproxy 11 removes the view; 12 has no removal (its `remove` does nothing) and replaces a
-    view registered again under the same name, so a reloaded script still has one."""
+    """mitmproxy 11 removes the view; 12 has no removal (its deprecated `remove` does nothing) and
+    replaces a view registered again under the same name, so a reloaded script still has one."""
+    if hasattr(_API, "Contentview"):
+        return
     with contextlib.suppress(ValueError, KeyError):
         _API.remove(VIEW)
