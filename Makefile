@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 REVERSE_BASE ?= 8081
+# mitmweb's flow list: its default columns with Detour's comment (who served, and why) after the path.
+# A list option takes one --set per item.
+WEB_COLUMNS ?= tls icon path comment method status size time
 
 .PHONY: run web test check-fast lint bench demo clean
 
@@ -26,7 +29,7 @@ run: $(BIN)/mitmdump
 
 web: $(BIN)/mitmdump
 	$(BIN)/mitmweb -s addon/detour.py --set detour_config=config.yaml --set listen_host=$(HOST) --set web_port=8090 \
-	  --set web_columns=tls,icon,path,comment,method,status,size,time \
+	  $(foreach column,$(WEB_COLUMNS),--set web_columns=$(column)) \
 	  --mode regular@$(PORT) \
 	  --mode reverse:https://api.anthropic.com@$(REVERSE_BASE) \
 	  --mode reverse:https://api.openai.com@$$(($(REVERSE_BASE)+1)) \
