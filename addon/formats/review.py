@@ -196,13 +196,12 @@ def _read_whole(
             raise ValueError("not a JSON answer")
         # Gemini's streamGenerateContent without alt=sse: the chunks as one JSON array.
         reader = CODECS[dialect.name].reader()
-        tokens: Tokens | None = None
         for chunk in chunks[:MAX_CHUNKS]:
             if isinstance(chunk, dict):
                 for item in reader.read(SSEEvent("message", json.dumps(chunk))):
                     answer.add(item)
-                tokens = dialect.body_tokens(json.dumps(chunk).encode()) or tokens
-        return f"{dialect.name} answer, {len(chunks)} chunks", tokens
+        # The dialect reads an array's usage itself (its last chunk with counts).
+        return f"{dialect.name} answer, {len(chunks)} chunks", dialect.body_tokens(body)
     answer.whole(CODECS[dialect.name].decode_message(document))
     return f"{dialect.name} answer", dialect.body_tokens(body)
 

@@ -16,6 +16,7 @@ the client's stream wait.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -45,14 +46,10 @@ class Tokens:
     def with_ids(self, document: Mapping[str, object], id_key: str, model_key: str) -> Tokens:
         """These tokens with the id and model `document` names (kept when it names none)."""
         found_id, found_model = document.get(id_key), document.get(model_key)
-        return Tokens(
-            self.input,
-            self.cache_read,
-            self.cache_write,
-            self.output,
-            self.reasoning,
-            found_id if isinstance(found_id, str) else self.response_id,
-            found_model if isinstance(found_model, str) else self.model,
+        return dataclasses.replace(
+            self,
+            response_id=found_id if isinstance(found_id, str) else self.response_id,
+            model=found_model if isinstance(found_model, str) else self.model,
         )
 
 
