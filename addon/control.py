@@ -221,8 +221,6 @@ class Control:
 
     def cost(self, app: str, provider: str, metering: Metering) -> float | None:
         """What one attempt cost at the configured prices (None: unknown)."""
-        if not self.pricing.knows_prices:
-            return None
         return self.pricing(_metered(AttemptRecord(0.0, app, provider, None, "success", 0.0, ""), metering))
 
     def usage(self, window: float) -> tuple[list[Totals], float | None]:

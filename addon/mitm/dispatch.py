@@ -33,7 +33,7 @@ from addon.mitm.flows import (
     restore,
 )
 from addon.mitm.relay import Job, Relay, RelaySink
-from addon.model import App
+from addon.model import App, Provider
 from addon.rewrite import ClientRequest, map_body_model
 from addon.usage import flow_summary
 
@@ -217,8 +217,7 @@ class Dispatcher:
         if socket.open:  # a new request before the last one ended: that one is over, unfinished
             self._account(socket, message.timestamp, None, CLIENT_GONE, "a new request before it ended")
         socket.requested, socket.asked_at, socket.open = first_model(message.content), message.timestamp, True
-        app = self.control.config.app(socket.app)
-        provider = app.provider(socket.provider) if app is not None else None
+        provider = self._holder(socket)
         if provider is None or not provider.models:
             return
         mapped = map_body_model(message.content, provider)
@@ -231,10 +230,14 @@ class Dispatcher:
         if socket is not None and socket.open:
             self._account(socket, time.time(), None, CLIENT_GONE, "the socket closed before it ended")
 
+    def _holder(self, socket: Socket) -> Provider | None:
+        """The provider holding `socket`, as the config has it now (None after a reload removed it)."""
+        app = self.control.config.app(socket.app)
+        return app.provider(socket.provider) if app is not None else None
+
     def _account(self, socket: Socket, at: float, tokens: Tokens | None, outcome: str, error: str) -> None:
         socket.open = False
-        app = self.control.config.app(socket.app)
-        provider = app.provider(socket.provider) if app is not None else None
+        provider = self._holder(socket)
         sent = provider.sent_model(socket.requested) if provider is not None else socket.requested
         latency = max(0.0, (at - socket.asked_at) * 1000) if socket.asked_at else 0.0
         metering = Metering("openai-responses", True, socket.requested, sent, None, None, tokens)
