@@ -20,8 +20,10 @@ $(BIN)/mitmdump: pyproject.toml
 	touch $(BIN)/mitmdump
 
 # System proxy on :8080, base-URL listeners on :8081 (Anthropic), :8082 (OpenAI), :8083 (Gemini).
+# `detour` is the lean launcher (mitmdump's flags, only the addons Detour needs); the same proxy under
+# plain mitmdump is `mitmdump -s addon/detour.py` with these arguments.
 run: $(BIN)/mitmdump
-	$(BIN)/mitmdump -s addon/detour.py --set detour_config=config.yaml --set listen_host=$(HOST) \
+	$(BIN)/detour --set detour_config=config.yaml --set listen_host=$(HOST) \
 	  --mode regular@$(PORT) \
 	  --mode reverse:https://api.anthropic.com@$(REVERSE_BASE) \
 	  --mode reverse:https://api.openai.com@$$(($(REVERSE_BASE)+1)) \

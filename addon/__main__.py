@@ -1,4 +1,5 @@
-"""`python -m addon usage`: usage and cost from the state database, without a running proxy."""
+"""`python -m addon usage`: usage and cost from the state database, without a running proxy.
+`python -m addon run [mitmdump's options]`: Detour on the lean launcher (the `detour` command)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from addon.usage import Pricing, parse_window, pruned_note, table, totals
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["run"]:
+        # mitmdump's command line goes to the launcher untouched; imported here, so that `usage`
+        # doesn't load mitmproxy.
+        from addon.mitm.launcher import main as run
+
+        return run(arguments[1:])
     parser = argparse.ArgumentParser(prog="python -m addon", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     usage = commands.add_parser(
@@ -24,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     usage.add_argument("--config", default="config.yaml", help="Detour's config file (default: config.yaml)")
     usage.add_argument("--since", default="24h", help="how far back: 30m, 1h, 24h, 7d... (default: 24h)")
     usage.add_argument("--json", action="store_true", help="print a JSON list, one object per group")
-    args = parser.parse_args(argv)
+    commands.add_parser("run", help="Detour on the lean launcher; takes mitmdump's options (run --help)")
+    args = parser.parse_args(arguments)
     try:
         window = parse_window(args.since)
         config = load_config(Path(args.config), _EveryVariableSet(os.environ))

@@ -21,7 +21,7 @@ import configs
 import openai
 import pytest
 import yaml
-from harness import Mitmdump, free_port
+from harness import LAUNCHERS, Mitmdump, free_port
 from mockprovider import MockProvider
 from rawservers import ScriptServer, stall_after
 
@@ -130,8 +130,9 @@ class Rig:
         return self.ask().headers.get("x-detour-provider")
 
 
-@pytest.fixture
+@pytest.fixture(params=LAUNCHERS)
 def rig(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     mock_factory: Callable[[str], MockProvider],
     mitmdump_factory: Callable[..., Mitmdump],
@@ -139,7 +140,8 @@ def rig(
     """``rig(...)`` -> a running mitmdump with a two-provider queue for claude and codex.
 
     By default the primary has no key (the client's credentials pass through) and the backup has
-    its own key (bearer for both apps) and maps models.
+    its own key (bearer for both apps) and maps models. Every test runs under both launchers:
+    `mitmdump -s addon/detour.py` and the lean `detour` (they must behave the same).
     """
 
     def make(
@@ -174,6 +176,7 @@ def rig(
             regular_port=free_port() if regular else None,
             env={BACKUP_VAR: BACKUP_KEY, PRIMARY_VAR: PRIMARY_KEY},
             extra_args=extra_args,
+            program=request.param,
         )
         return Rig(tmp_path, config, primary, backup, mitm, claude_port, codex_port)
 

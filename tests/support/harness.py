@@ -20,10 +20,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
-__all__ = ["DEFAULT_SCRIPT", "REPO_ROOT", "Mitmdump", "free_port", "mitmdump_executable", "wait_for_port"]
+__all__ = [
+    "DEFAULT_SCRIPT", "LAUNCHERS", "LEAN_LAUNCHER", "REPO_ROOT", "Mitmdump", "free_port",
+    "mitmdump_executable", "wait_for_port",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCRIPT = REPO_ROOT / "addon" / "detour.py"
+#: The lean launcher's console script (`addon/mitm/launcher.py`), installed next to mitmdump.
+LEAN_LAUNCHER = "detour"
+#: The two ways to run Detour as a proxy: `mitmdump -s addon/detour.py` and the lean launcher.
+LAUNCHERS = ("mitmdump", LEAN_LAUNCHER)
 
 _START_TIMEOUT = 20.0
 _STOP_TIMEOUT = 10.0
@@ -105,7 +112,9 @@ class Mitmdump:
         """Start mitmdump and wait until every listen port accepts TCP.
 
         ``reverse`` maps a listen port to an upstream base URL (``{8081: "http://127.0.0.1:9000"}``).
-        ``script=None`` runs without ``-s``. ``env`` is laid over ``os.environ``; the repo root is
+        ``script=None`` runs without ``-s``. ``program`` is ``mitmdump``, ``mitmweb`` or
+        ``detour`` (the lean launcher, which has Detour built in and ignores ``script``).
+        ``env`` is laid over ``os.environ``; the repo root is
         prepended to ``PYTHONPATH`` so the addon can ``import addon.<module>``. Output (stdout and
         stderr) goes to ``log_path`` (default ``confdir/mitmdump-<ports>.log``).
         """
@@ -117,7 +126,8 @@ class Mitmdump:
         ports = ([regular_port] if regular_port is not None else []) + list(rev)
 
         argv = [str(mitmdump_executable(program))]
-        if script is not None:
+        lean = program == LEAN_LAUNCHER  # Detour is built in: no -s
+        if script is not None and not lean:
             argv += ["-s", str(script)]
         argv += [
             "--set", f"detour_config={config_path}",
@@ -154,7 +164,8 @@ class Mitmdump:
         try:
             md._wait_listening(ports, start_timeout)
             # mitmproxy 12 listens before it loads `-s` scripts: wait until Detour has its config.
-            if script == DEFAULT_SCRIPT and not md.wait_for_log("detour: loaded", start_timeout):
+            detour_loads = script == DEFAULT_SCRIPT or lean
+            if detour_loads and not md.wait_for_log("detour: loaded", start_timeout):
                 raise TimeoutError(f"Detour did not load its config\n--- log tail ---\n{md.log_tail()}")
         except BaseException:
             md.kill()
