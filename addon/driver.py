@@ -287,6 +287,16 @@ class _Run:
     async def execute(self, action: Action) -> Event | None:
         """Carry out one action; an action that has an immediate answer returns it as an event."""
         d, ex = self.d, self.ex
+        if isinstance(action, Forward):  # first: one per chunk of every stream
+            if self.copying and not self.copy_cut:
+                # The copy stops at the first chunk that doesn't fit: a copy with a hole in it
+                # could end with the stream's final events and pass for the whole answer.
+                if len(self.copy) + len(action.data) <= REPORT_COPY_LIMIT:
+                    self.copy += action.data
+                else:
+                    self.copy_cut = True
+            await self.sink.forward(action.data)
+            return Forwarded(d.clock())
         if isinstance(action, Pick):
             if action.same is not None:
                 permit = d.control.acquire(ex.app.name, action.same.id)
@@ -301,16 +311,6 @@ class _Run:
         if isinstance(action, Send):
             self.started[action.attempt.number] = d.clock()
             self.start_reader(action, ex.delivery is Delivery.UPGRADE)
-        elif isinstance(action, Forward):
-            if self.copying and not self.copy_cut:
-                # The copy stops at the first chunk that doesn't fit: a copy with a hole in it
-                # could end with the stream's final events and pass for the whole answer.
-                if len(self.copy) + len(action.data) <= REPORT_COPY_LIMIT:
-                    self.copy += action.data
-                else:
-                    self.copy_cut = True
-            await self.sink.forward(action.data)
-            return Forwarded(d.clock())
         elif isinstance(action, Stream):
             await self.sink.stream(action.status, action.headers)
         elif isinstance(action, Deliver | Refuse):

@@ -18,6 +18,9 @@ from typing import NamedTuple
 MAX_HEAD = 64 * 1024
 #: The largest chunk-size line or trailer section accepted.
 MAX_LINE = 8 * 1024
+#: A chunk size as providers write it (no extension, no padding): the fast path's size line.
+_SIZE_LINE = re.compile(rb"([0-9a-fA-F]{1,16})\r\n")
+_HEX_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
 
 _FORBIDDEN = re.compile(rb"[\r\n\x00]")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -113,6 +116,8 @@ class ResponseParser:
                 if self._remaining == 0:
                     self._finish(out)
             elif state is _State.CHUNK_SIZE:
+                if self._whole_chunk(out):
+                    continue
                 line = self._line(eof)
                 if line is None:
                     break
@@ -159,9 +164,24 @@ class ResponseParser:
         del self._buf[: at + 1]
         return line
 
+    def _whole_chunk(self, out: list[Head | bytes | End]) -> bool:
+        """The common case in one step: a bare size line, the chunk and its CRLF all buffered (one
+        provider write per event makes this nearly every chunk of a stream). Anything else, such as
+        extensions, a chunk still arriving or the last chunk, takes the line-by-line way."""
+        match = _SIZE_LINE.match(self._buf)
+        if match is None:
+            return False
+        start = match.end()
+        end = start + int(match.group(1), 16)
+        if end == start or self._buf[end : end + 2] != b"\r\n":
+            return False
+        out.append(bytes(self._buf[start:end]))
+        del self._buf[: end + 2]
+        return True
+
     def _chunk_size(self, line: bytes, out: list[Head | bytes | End]) -> None:
         size_text = line.split(b";", 1)[0].strip()
-        if not size_text or any(c not in b"0123456789abcdefABCDEF" for c in size_text) or len(size_text) > 16:
+        if _HEX_SIZE.fullmatch(size_text) is None:
             raise ProtocolError(f"bad chunk size {line[:20]!r}")
         size = int(size_text, 16)
         if size == 0:

@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +45,9 @@ STREAM_SERVER = B.BENCH / "streamserver.py"
 EVENTS = 200
 INTERVAL_MS = 20
 STREAM_TIMEOUT = 120.0
+RAMP = 1.0  # seconds over which the streams are opened
+SETTLE = 0.2  # seconds after the last stream opened before the steady window starts
+SAMPLE_EVERY = 0.05  # seconds between CPU/RSS samples of the measured process
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -188,26 +190,33 @@ class Dechunker:
 
 @dataclass
 class StreamRun:
-    delays: list[float] = field(default_factory=list)  # seconds, provider write to client read
+    #: (provider's send time, transit seconds) of every delta event that arrived.
+    samples: list[tuple[float, float]] = field(default_factory=list)
     finished: int = 0
     failed: list[str] = field(default_factory=list)
-    past_half: int = 0
+    #: When the last stream was opened, and the send time of the first stream's last delta: between
+    #: the two (less a settling margin), every stream is open and streaming.
+    all_open: float = 0.0
+    first_end: float = float("inf")
+    #: (time, CPU seconds, RSS kB) of the measured process, every SAMPLE_EVERY seconds.
+    usage: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def settled(self, n: int) -> bool:
+        return self.finished + len(self.failed) >= n
 
 
 class StreamClient(asyncio.Protocol):
     """One streaming request; records each delta's transit time from the stamp the provider wrote."""
 
-    def __init__(
-        self, run: StreamRun, done: asyncio.Future[None], n: int, at_half: Callable[[], None]
-    ) -> None:
+    def __init__(self, run: StreamRun, done: asyncio.Future[None], n: int) -> None:
         self.run = run
         self.done = done
         self.n = n
-        self.at_half = at_half
         self.head = b""
         self.body: Dechunker | None = None
         self.events = b""
         self.seen = 0
+        self.ended = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -223,7 +232,7 @@ class StreamClient(asyncio.Protocol):
                 return
             status = self.head.split(b" ", 2)[1]
             if status != b"200":
-                self.fail(f"status {status.decode()}")
+                self.end(f"status {status.decode()}")
                 return
             data, self.body = self.head[end + 4 :], Dechunker()
         self.events += self.body.feed(data)
@@ -232,7 +241,7 @@ class StreamClient(asyncio.Protocol):
             complete, self.events = self.events[: cut + 2], self.events[cut + 2 :]
             self.stamps(complete, now)
         if self.body.ended:
-            self.finish()
+            self.end(None if self.seen == EVENTS else f"{self.seen} of {EVENTS} events")
 
     def stamps(self, complete: bytes, now: float) -> None:
         start = 0
@@ -241,51 +250,54 @@ class StreamClient(asyncio.Protocol):
             if at < 0:
                 return
             end = complete.index(b'"', at + 3)
-            self.run.delays.append(now - float(complete[at + 3 : end]))
+            sent = float(complete[at + 3 : end])
+            self.run.samples.append((sent, now - sent))
             start = end
             self.seen += 1
-            if self.seen == EVENTS // 2:
-                self.run.past_half += 1
-                if self.run.past_half == self.n:
-                    self.at_half()
+            if self.seen == EVENTS:
+                self.run.first_end = min(self.run.first_end, sent)
 
-    def finish(self) -> None:
-        if self.seen != EVENTS:
-            self.fail(f"{self.seen} of {EVENTS} events")
+    def end(self, failure: str | None) -> None:
+        if self.ended:
             return
-        self.run.finished += 1
+        self.ended = True
+        if failure is None:
+            self.run.finished += 1
+        else:
+            self.run.failed.append(failure)
         self.transport.close()
-        if self.run.finished + len(self.run.failed) == self.n and not self.done.done():
-            self.done.set_result(None)
-
-    def fail(self, why: str) -> None:
-        self.run.failed.append(why)
-        self.transport.close()
-        if self.run.finished + len(self.run.failed) == self.n and not self.done.done():
+        if self.run.settled(self.n) and not self.done.done():
             self.done.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.body is None or not self.body.ended:
-            if self.seen < EVENTS and "closed" not in "".join(self.run.failed[-1:]):
-                self.run.failed.append(f"closed after {self.seen} events")
-            if self.run.finished + len(self.run.failed) >= self.n and not self.done.done():
-                self.done.set_result(None)
+        self.end(f"closed after {self.seen} events")
 
 
-async def _streams(port: int, n: int, at_half: Callable[[], None]) -> StreamRun:
+async def _streams(port: int, n: int, system: System | None) -> StreamRun:
     loop = asyncio.get_running_loop()
     run = StreamRun()
     done: asyncio.Future[None] = loop.create_future()
+
+    async def sample() -> None:
+        for _ in range(int(STREAM_TIMEOUT / SAMPLE_EVERY)):
+            if system is not None:
+                run.usage.append((time.monotonic(), system.cpu(), system.vm("VmRSS")))
+            await asyncio.sleep(SAMPLE_EVERY)
+
+    sampler = asyncio.ensure_future(sample())
     started = loop.time()
-    spread = INTERVAL_MS / 1000.0
-    for i in range(n):  # started evenly over one interval, so events don't arrive in lockstep
-        await asyncio.sleep(max(0.0, started + spread * i / n - loop.time()))
+    for i in range(n):  # opened evenly over RAMP: connection set-up isn't what this measures
+        await asyncio.sleep(max(0.0, started + RAMP * i / n - loop.time()))
         try:
-            await loop.create_connection(lambda: StreamClient(run, done, n, at_half), "127.0.0.1", port)
+            await loop.create_connection(lambda: StreamClient(run, done, n), "127.0.0.1", port)
         except OSError as e:
             run.failed.append(f"connect: {e}")
-    if len(run.failed) < n:
-        await asyncio.wait_for(done, STREAM_TIMEOUT)
+    run.all_open = time.monotonic()
+    try:
+        if not run.settled(n):
+            await asyncio.wait_for(done, STREAM_TIMEOUT)
+    finally:
+        sampler.cancel()
     return run
 
 
@@ -294,31 +306,37 @@ class StreamResult:
     n: int
     events: int
     failed: list[str]
+    #: Transit times of the events sent while every stream was open (ms).
     p50: float
     p99: float
     cpu_per_1000: float
+    cpu_per_1000_whole: float
     rss_per_stream_kib: float
 
 
 def measure_streams(system: System | None, port: int, n: int) -> StreamResult:
     """One run of `n` streams; `system` None is the direct run (no process to measure)."""
     if system is not None:  # warm-up: the code paths of a stream and a request, then the idle RSS
-        asyncio.run(_streams(port, 2, lambda: None))
+        asyncio.run(_streams(port, 2, None))
         B.load(port, 1, 20, request(False))
     rss_before = system.vm("VmRSS") if system else 0
-    rss_open: list[int] = []
     cpu_before = system.cpu() if system else 0.0
-    run = asyncio.run(_streams(port, n, lambda: rss_open.append(system.vm("VmRSS") if system else 0)))
-    cpu = (system.cpu() - cpu_before) if system else 0.0
-    events = len(run.delays)
+    run = asyncio.run(_streams(port, n, system))
+    cpu_whole = (system.cpu() - cpu_before) if system else 0.0
+    # The steady window: every stream open (plus a margin for the last ones' set-up) until one ends.
+    start, end = run.all_open + SETTLE, run.first_end
+    steady = [delay for sent, delay in run.samples if start <= sent <= end]
+    inside = [u for u in run.usage if start <= u[0] <= end]
+    cpu_steady = rss_open = float("nan")
+    if len(inside) >= 2:
+        (t0, c0, _), (t1, c1, _) = inside[0], inside[-1]
+        events = sum(1 for sent, _ in run.samples if t0 <= sent <= t1)
+        cpu_steady = (c1 - c0) / events * 1000 if events else float("nan")
+        rss_open = (max(u[2] for u in inside) - rss_before) / n
+    total = len(run.samples)
     return StreamResult(
-        n,
-        events,
-        run.failed,
-        B.ms(B.pct(run.delays, 50)),
-        B.ms(B.pct(run.delays, 99)),
-        cpu / events * 1000 if events else float("nan"),
-        (rss_open[0] - rss_before) / n if rss_open else float("nan"),
+        n, total, run.failed, B.ms(B.pct(steady, 50)), B.ms(B.pct(steady, 99)), cpu_steady,
+        cpu_whole / total * 1000 if total else float("nan"), rss_open,
     )
 
 
@@ -441,6 +459,7 @@ class Compare:
                     "added p50 ms",
                     "added p99 ms",
                     "CPU s / 1000 events",
+                    "(whole run)",
                     "RSS KiB / stream",
                 ],
                 rows,
@@ -452,6 +471,7 @@ class Compare:
     def stream_row(name: str, r: StreamResult, direct: StreamResult) -> list[str]:
         failed = f"{len(r.failed)}" + (f" ({r.failed[0]})" if r.failed else "")
         cpu = "-" if name == "direct" else f"{r.cpu_per_1000:.3f}"
+        whole = "-" if name == "direct" else f"{r.cpu_per_1000_whole:.3f}"
         rss = "-" if name == "direct" else f"{r.rss_per_stream_kib:.1f}"
         return [
             str(r.n),
@@ -463,6 +483,7 @@ class Compare:
             f"{r.p50 - direct.p50:+.2f}",
             f"{r.p99 - direct.p99:+.2f}",
             cpu,
+            whole,
             rss,
         ]
 

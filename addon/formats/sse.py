@@ -54,7 +54,22 @@ class SSEParser:
             self._skipping = True
         events: list[SSEEvent] = []
         for line in lines:
-            self._line(line, events)
+            # The common lines inline (this runs for every line of every stream): `event:` and
+            # `data:` with their usual single space, and the blank line ending an event.
+            if not line:
+                if self._fields and not self._skipping:
+                    events.append(SSEEvent(self._event or "message", "\n".join(self._data)))
+                self._event, self._data, self._size, self._skipping, self._fields = "", [], 0, False, False
+            elif line[:6] == b"data: " and not self._skipping and self._size + len(line) <= MAX_EVENT_BYTES:
+                self._size += len(line)
+                self._data.append(line[6:].decode("utf-8", "replace"))
+                self._fields = True
+            elif line[:7] == b"event: " and not self._skipping and self._size + len(line) <= MAX_EVENT_BYTES:
+                self._size += len(line)
+                self._event = line[7:].decode("utf-8", "replace")
+                self._fields = True
+            else:
+                self._line(line, events)
         return events
 
     def close(self) -> list[SSEEvent]:
