@@ -14,13 +14,16 @@ and, for streams, `direct` (the client reading the provider itself), the floor e
 r. requests: non-streaming `POST /v1/messages`, 1 and 10 keep-alive connections, closed loop; rounds
    alternate the systems' order (ABBA) and report the median req/s of rounds, pooled p50/p99 and
    RSS after the load.
-s. streams: N concurrent SSE streams (default N = 50, 200, 500), each 200 events 20 ms apart, started
-   evenly over one interval; a fresh process per system and N. Every event carries the provider's
-   send time, so each event's transit time is measured: p50/p99 of transit, and added p50/p99 versus
-   direct; CPU seconds of the system's process per 1,000 events (/proc: user + system, over the whole
-   run, so per-request work counts too); RSS per open stream (VmRSS with every stream open, past its
-   100th event, minus VmRSS before, over N).
+s. streams: N concurrent SSE streams (default N = 50, 200, 500), each 200 events 20 ms apart, opened
+   evenly over one second; a fresh process per system and N. Every event carries the provider's send
+   time, so each event's transit time is measured. Measured in the steady window, from just after the
+   last stream opened until the first one ends (connection set-up is the requests section's
+   business): transit p50/p99 and added p50/p99 versus direct, CPU seconds of the system's process per
+   1,000 events (/proc: user + system; also over the whole run, set-up included), and RSS per open
+   stream (the window's highest VmRSS less the VmRSS before, over N).
 
+All proxied systems run pinned to the same CPU (the load generator and provider on the other), so
+a multi-threaded one (Node's) gets no more CPU than mitmproxy's single event loop.
 Every process it starts is stopped at the end; every loop is bounded in count and time.
 """
 
@@ -335,8 +338,14 @@ def measure_streams(system: System | None, port: int, n: int) -> StreamResult:
         rss_open = (max(u[2] for u in inside) - rss_before) / n
     total = len(run.samples)
     return StreamResult(
-        n, total, run.failed, B.ms(B.pct(steady, 50)), B.ms(B.pct(steady, 99)), cpu_steady,
-        cpu_whole / total * 1000 if total else float("nan"), rss_open,
+        n,
+        total,
+        run.failed,
+        B.ms(B.pct(steady, 50)),
+        B.ms(B.pct(steady, 99)),
+        cpu_steady,
+        cpu_whole / total * 1000 if total else float("nan"),
+        rss_open,
     )
 
 
@@ -364,21 +373,23 @@ class Compare:
             raise RuntimeError("bench/streamserver.py did not start")
         return port
 
-    def requests(self, launcher: Launcher) -> None:
+    def requests(self, launcher: Launcher, provider: int) -> None:
         n = 300 if self.args.quick else 1000
         rounds = 4 if self.args.quick else 8  # ABBA: each order equally often
         systems = {name: launcher.start(name) for name in launcher.names()}
+        #: Where each target listens; `direct` is the provider itself (the floor for added latency).
+        ports = {"direct": provider, **{name: system.port for name, system in systems.items()}}
         body = request(False)
-        for system in systems.values():  # warm-up
-            B.load(system.port, 10, 200, body)
+        for port in ports.values():  # warm-up
+            B.load(port, 10, 200, body)
         results: dict[tuple[str, int], list[B.LoadResult]] = {}
         for r in range(rounds):
             for conns in (1, 10):
-                order = list(systems.values())
+                order = list(ports.items())
                 if r % 2:
                     order.reverse()
-                for system in order:
-                    results.setdefault((system.name, conns), []).append(B.load(system.port, conns, n, body))
+                for name, port in order:
+                    results.setdefault((name, conns), []).append(B.load(port, conns, n, body))
         self.emit(
             f"### Requests ({n} per run, {rounds} rounds alternating the order, closed loop, "
             "keep-alive, non-streaming)\n"
@@ -398,7 +409,7 @@ class Compare:
                     f"{p50[(name, conns)]:.3f}",
                     f"{B.ms(B.pct(lat, 99)):.3f}",
                     str(sum(run.errors for run in runs)),
-                    f"{systems[name].vm('VmRSS') / 1024:.1f}",
+                    f"{systems[name].vm('VmRSS') / 1024:.1f}" if name in systems else "-",
                 ]
             )
         self.emit(
@@ -412,6 +423,11 @@ class Compare:
             paired = [x / y for x, y in zip(rps[(a, conns)], rps[(b, conns)], strict=True)]
             return f"{statistics.median(paired):.2f}"
 
+        def added(name: str, conns: int) -> str:
+            if (name, conns) not in p50:
+                return "-"
+            return f"{p50[(name, conns)] - p50[('direct', conns)]:+.3f}"
+
         rows = [
             [
                 str(c),
@@ -420,13 +436,17 @@ class Compare:
                 ratio("lean", "ccr", c),
                 ratio("ccr", "plain", c),
                 ratio("mitmdump", "plain", c),
+                *(added(name, c) for name in ("plain", "mitmdump", "lean", "ccr")),
             ]
             for c in (1, 10)
         ]
-        self.emit("Ratios: median over rounds of the round's req/s ratio.\n")
         self.emit(
-            B.table(["conns", "lean/plain", "lean/mitmdump", "lean/ccr", "ccr/plain", "mitmdump/plain"], rows)
+            "Ratios: median over rounds of the round's req/s ratio. Added p50: the system's p50 less "
+            "the provider's own (direct).\n"
         )
+        headers = ["conns", "lean/plain", "lean/mitmdump", "lean/ccr", "ccr/plain", "mitmdump/plain"]
+        headers += [f"added p50 ms {name}" for name in ("plain", "mitmdump", "lean", "ccr")]
+        self.emit(B.table(headers, rows))
         self.emit()
         for system in systems.values():
             self.procs.stop(system.proc)
@@ -521,7 +541,7 @@ def main() -> int:
             bench.emit(f"- {launcher.ccr_note or launcher.ccr_label()}")
             bench.emit()
             if "r" in args.only:
-                bench.requests(launcher)
+                bench.requests(launcher, port)
             if "s" in args.only:
                 bench.streams(launcher, port)
         finally:

@@ -4,8 +4,9 @@ mitmdump dispatches every hook of every flow through its ~32 default addons, mos
 never uses (anticache, map-remote, server replay, HAR export...): measured, that dispatch is about a
 third of mitmdump's CPU per request. This master carries the event log, the one-line flow output,
 the proxy server and its TLS and layer logic, `block` (which keeps refusing non-local clients,
-`block_global`), `disable_h2c`, the DNS resolver, script loading (users may still add `-s` scripts;
-they run after Detour, as they would behind `-s addon/detour.py`) and the start-up error check.
+`block_global`), script loading (users may still add `-s` scripts; they run after Detour, as they
+would behind `-s addon/detour.py`), the start-up error check, and the few addons that act at their
+defaults (KEPT says which and why).
 
 It takes mitmdump's own command line. An option that belongs to an addon this master leaves out
 (`--anticache`, `-w`, `--set map_remote=...`, or such a key in the confdir's config.yaml) is refused
@@ -31,11 +32,14 @@ from mitmproxy.addons import (
     errorcheck,
     keepserving,
     next_layer,
+    onboarding,
     proxyserver,
     readfile,
     script,
+    strip_dns_https_records,
     termlog,
     tlsconfig,
+    update_alt_svc,
 )
 from mitmproxy.tools import cmdline
 from mitmproxy.tools import main as mitmproxy_main
@@ -46,27 +50,36 @@ WAY_OUT = "use mitmdump -s addon/detour.py"
 SHIM = Path(__file__).resolve().parent.parent / "detour.py"
 
 
-class LeanMaster(master.Master):
-    """Core, proxy server, TLS, next layer, block, Detour, user scripts, flow output, error check.
+#: mitmdump's default addons that the lean master keeps. Besides what Detour needs, those that act at
+#: their defaults without being asked (`onboarding` answers http://mitm.it/ in regular mode,
+#: `update_alt_svc` keeps reverse-mode clients on the proxy, `strip_dns_https_records` strips ECH in
+#: DNS mode): leaving one out would change behaviour with no option there to refuse.
+KEPT = (
+    core.Core,
+    block.Block,
+    strip_dns_https_records.StripDnsHttpsRecords,
+    disable_h2c.DisableH2C,
+    onboarding.Onboarding,
+    proxyserver.Proxyserver,
+    dns_resolver.DnsResolver,
+    script.ScriptLoader,
+    next_layer.NextLayer,
+    tlsconfig.TlsConfig,
+    update_alt_svc.UpdateAltSvc,
+)
 
-    The order is mitmdump's for what it keeps, with Detour where `-s addon/detour.py` puts it: hooks
-    reach Detour before further scripts, and the flow output sees each flow as Detour left it."""
+
+class LeanMaster(master.Master):
+    """mitmdump's default addons that are in KEPT, in mitmdump's own order (it differs between
+    mitmproxy versions), with Detour where `-s addon/detour.py` puts it: just before the script
+    loader, so hooks reach Detour before further scripts; then the flow output and the start-up
+    error check, as in mitmdump."""
 
     def __init__(self, opts: options.Options) -> None:
         super().__init__(opts, with_termlog=True)
-        self.addons.add(
-            core.Core(),
-            block.Block(),
-            disable_h2c.DisableH2C(),
-            proxyserver.Proxyserver(),
-            dns_resolver.DnsResolver(),
-            Detour(),
-            script.ScriptLoader(),
-            next_layer.NextLayer(),
-            tlsconfig.TlsConfig(),
-            dumper.Dumper(),
-            errorcheck.ErrorCheck(),
-        )
+        kept = [addon for addon in addons.default_addons() if isinstance(addon, KEPT)]
+        scripts = next(i for i, addon in enumerate(kept) if isinstance(addon, script.ScriptLoader))
+        self.addons.add(*kept[:scripts], Detour(), *kept[scripts:], dumper.Dumper(), errorcheck.ErrorCheck())
 
 
 def mitmdump_options() -> options.Options:

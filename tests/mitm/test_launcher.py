@@ -66,7 +66,7 @@ async def test_the_lean_master_carries_only_what_detour_needs(lean: launcher.Lea
         "Export",
     ):
         assert dropped not in names
-    assert len(names) <= 12  # mitmdump: 36
+    assert len(names) <= 15  # mitmdump: 36
     # Detour before user scripts and the flow output: as behind `-s addon/detour.py`.
     assert names.index("Detour") < names.index("ScriptLoader") < names.index("Dumper")
     # block_global: non-local clients are still refused by default.
