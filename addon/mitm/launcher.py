@@ -45,6 +45,7 @@ from mitmproxy.tools import cmdline
 from mitmproxy.tools import main as mitmproxy_main
 
 from addon.mitm.addon import Detour
+from addon.mitm.hooktable import HookTable
 
 WAY_OUT = "use mitmdump -s addon/detour.py"
 SHIM = Path(__file__).resolve().parent.parent / "detour.py"
@@ -76,7 +77,12 @@ class LeanMaster(master.Master):
     error check, as in mitmdump."""
 
     def __init__(self, opts: options.Options) -> None:
-        super().__init__(opts, with_termlog=True)
+        super().__init__(opts)
+        # Events go only to the addons that implement them (hooktable.py says why).
+        self.options.changed.disconnect(self.addons._configure_all)
+        self.addons = HookTable(self)
+        self._termlog_addon = termlog.TermLog()
+        self.addons.add(self._termlog_addon)
         kept = [addon for addon in addons.default_addons() if isinstance(addon, KEPT)]
         scripts = next(i for i, addon in enumerate(kept) if isinstance(addon, script.ScriptLoader))
         self.addons.add(*kept[:scripts], Detour(), *kept[scripts:], dumper.Dumper(), errorcheck.ErrorCheck())
