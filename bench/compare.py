@@ -54,19 +54,8 @@ SAMPLE_EVERY = 0.05  # seconds between CPU/RSS samples of the measured process
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass
-class System:
-    """One running proxy: where it listens and which process does the work."""
-
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-
-    def vm(self, key: str) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        return 0
+class System(B.Proxy):
+    """One running proxy (run.py's, which reads its memory from /proc), and its CPU time."""
 
     def cpu(self) -> float:
         """User + system seconds of the process so far."""
