@@ -81,7 +81,7 @@ class Launcher:
             return "claude-code-router left out (--no-ccr)"
         import ccr
 
-        return f"claude-code-router {ccr.CCR_VERSION} ({self.ccr_entry})"
+        return f"claude-code-router {ccr.CCR_VERSION} ({self.ccr_entry.relative_to(B.REPO)})"
 
     def names(self) -> list[str]:
         return ["plain", "mitmdump", "lean", *(["ccr"] if self.ccr_entry else [])]

@@ -23,6 +23,17 @@ from mitmproxy import addonmanager, exceptions, hooks
 
 Handler = Callable[..., Any]
 
+#: What the table needs of mitmproxy's AddonManager beyond the addon API (`internals.py` lists the
+#: rest of Detour's such assumptions).
+_RELIES_ON = ("_iter_hooks", "_configure_all", "add", "register", "remove", "clear", "trigger_event")
+
+
+def usable() -> bool:
+    """Whether this mitmproxy's AddonManager is still the one the table was written against; if not,
+    the lean master keeps mitmproxy's own dispatch (slower, never wrong)."""
+    manager = addonmanager.AddonManager
+    return all(hasattr(manager, name) for name in _RELIES_ON) and hasattr(addonmanager, "safecall")
+
 
 class HookTable(addonmanager.AddonManager):
     def __init__(self, master: Any) -> None:

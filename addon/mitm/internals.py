@@ -9,6 +9,9 @@ warning naming what stops working, instead of failures on the request path later
 - `connection.Server(address=None)` on a flow: keeps an upstream-proxy mode off the loopback hop.
 - `proxy.layers.http.HttpResponseHook` / `HttpErrorHook`: how an attempt flow Detour builds itself
   reaches the other addons (saving, dumping) as a finished flow.
+
+The lean launcher's hook table (`hooktable.py`) extends mitmproxy's `AddonManager`; it checks what it
+relies on itself (`hooktable.usable()`) and falls back to mitmproxy's own dispatch.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ by name with the way out: mitmdump with the `-s` shim runs everything as before.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import types
 from collections.abc import Iterable, Sequence
@@ -44,9 +45,10 @@ from mitmproxy.addons import (
 from mitmproxy.tools import cmdline
 from mitmproxy.tools import main as mitmproxy_main
 
+from addon.mitm import hooktable
 from addon.mitm.addon import Detour
-from addon.mitm.hooktable import HookTable
 
+logger = logging.getLogger("detour")
 WAY_OUT = "use mitmdump -s addon/detour.py"
 SHIM = Path(__file__).resolve().parent.parent / "detour.py"
 
@@ -78,9 +80,13 @@ class LeanMaster(master.Master):
 
     def __init__(self, opts: options.Options) -> None:
         super().__init__(opts)
-        # Events go only to the addons that implement them (hooktable.py says why).
-        self.options.changed.disconnect(self.addons._configure_all)
-        self.addons = HookTable(self)
+        # Events go only to the addons that implement them (hooktable.py says why), while this
+        # mitmproxy's AddonManager is the one the table knows.
+        if hooktable.usable():
+            self.options.changed.disconnect(self.addons._configure_all)
+            self.addons = hooktable.HookTable(self)
+        else:
+            logger.warning("detour: mitmproxy's addon manager changed: every addon sees every event (slower)")
         self._termlog_addon = termlog.TermLog()
         self.addons.add(self._termlog_addon)
         kept = [addon for addon in addons.default_addons() if isinstance(addon, KEPT)]

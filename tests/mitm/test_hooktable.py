@@ -171,3 +171,29 @@ async def test_a_user_script_loaded_reordered_and_unloaded_is_followed(
     assert await calls_of(made, HttpRequestHook(flow)) == []
     for scripted in loader.addons:
         scripted.done()
+
+
+async def test_the_lean_master_keeps_mitmproxys_dispatch_when_its_addon_manager_changed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from addon.mitm import hooktable, launcher
+
+    assert hooktable.usable()
+    # A mitmproxy whose AddonManager lacks something the table relies on:
+    monkeypatch.setattr(hooktable, "_RELIES_ON", (*hooktable._RELIES_ON, "_a_method_it_renamed"))
+    assert not hooktable.usable()
+    with caplog.at_level(logging.WARNING, logger="detour"):
+        lean = launcher.LeanMaster(options.Options())
+    try:
+        assert type(lean.addons) is addonmanager.AddonManager
+        assert "every addon sees every event" in caplog.text
+    finally:
+        lean.addons.get("errorcheck").finish()
+        lean._termlog_addon.uninstall()  # type: ignore[union-attr]
+    monkeypatch.undo()
+    again = launcher.LeanMaster(options.Options())
+    try:
+        assert isinstance(again.addons, HookTable)
+    finally:
+        again.addons.get("errorcheck").finish()
+        again._termlog_addon.uninstall()  # type: ignore[union-attr]
