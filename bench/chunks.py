@@ -9,7 +9,8 @@ a sink that drops what it's given. The floor is the same sender read by a bare l
 turn and the generator. What is left is Detour's own per-chunk work, without sockets: in the proxy,
 each chunk also costs a socket read from the provider and a socket write to the loopback relay, and
 mitmproxy's own reading of the relay (which a plain mitmdump pays for the provider's connection).
-`--profile` prints where the time goes, per function.
+`--profile` prints where the time goes, per function. Also timed on its own: Detour's HTTP/1 client
+parsing the provider's chunked stream, one chunk per read.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from addon.breaker import Permit
 from addon.driver import Driver
 from addon.exchange import Delivery, Exchange
 from addon.formats import DIALECTS
-from addon.http1 import End, Head
+from addon.http1 import End, Head, ResponseParser
 from addon.model import App, Provider
 from addon.rewrite import ClientRequest
 
@@ -116,6 +117,17 @@ async def driven(chunks: int) -> float:
     return spent
 
 
+def parsed(chunks: int) -> float:
+    """Detour's HTTP/1 client parsing a chunked stream, one provider chunk (one event) per read."""
+    parser = ResponseParser()
+    parser.feed(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    wire = b"%x\r\n%s\r\n" % (len(DELTA), DELTA)
+    started = time.process_time()
+    for _ in range(chunks):
+        parser.feed(wire)
+    return time.process_time() - started
+
+
 async def floor(chunks: int) -> float:
     started = time.process_time()
     async for _ in sender(chunks)(None, None):
@@ -137,6 +149,8 @@ def main() -> int:
     print(f"  driven stream  {path / n * 1e6:6.2f} µs per chunk")
     print(f"  floor          {bare / n * 1e6:6.2f} µs per chunk (event-loop turn + generator)")
     print(f"  Detour's own   {(path - bare) / n * 1e6:6.2f} µs per chunk")
+    http1 = min(parsed(n) for _ in range(5))
+    print(f"  HTTP/1 parse   {http1 / n * 1e6:6.2f} µs per chunk (its client reading the provider)")
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
