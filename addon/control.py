@@ -128,8 +128,8 @@ class Control:
         """The providers `app` would have tried before the first of `queue` but left out because
         their circuits don't admit a request now, with their state ("open", "half_open"): a
         request the first of `queue` serves was rerouted because of them."""
-        if not queue:
-            return ()
+        if not queue or not app.providers or app.providers[0].id == queue[0].id:
+            return ()  # the common case, on every request: nothing was ahead of the queue's first
         first, queued = queue[0].id, {p.id for p in queue}
         states = {s.provider: s.state for s in self.router.status(app.name)}
         ahead: list[tuple[str, str]] = []
