@@ -4,7 +4,6 @@ stale after addons or scripts change."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import types
@@ -13,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mitmproxy import addonmanager, exceptions, hooks, master, options
+from masters import calls_of, on_manager, scripts_loaded, started
+from mitmproxy import addonmanager, exceptions, master
 from mitmproxy.addons import script
 from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.test import tflow
@@ -56,18 +56,13 @@ class Updates(Named):
         calls.append(f"{self.name}.update")
 
 
-def managers(kind: type[addonmanager.AddonManager]) -> master.Master:
-    made = master.Master(options.Options())
-    made.options.changed.disconnect(made.addons._configure_all)
-    made.addons = kind(made)
-    return made
 
 
 @pytest.fixture
 async def both() -> AsyncIterator[tuple[master.Master, master.Master]]:
     """mitmproxy's AddonManager (the oracle) and a HookTable, each on a master of its own."""
     calls.clear()
-    yield managers(addonmanager.AddonManager), managers(HookTable)
+    yield on_manager(addonmanager.AddonManager), on_manager(HookTable)
 
 
 def chain() -> list[Any]:
@@ -80,10 +75,6 @@ def chain() -> list[Any]:
     ]
 
 
-async def calls_of(made: master.Master, event: hooks.Hook) -> list[str]:
-    calls.clear()
-    await made.addons.handle_lifecycle(event)
-    return list(calls)
 
 
 async def test_an_event_reaches_the_same_handlers_in_the_same_order_as_mitmproxys(
@@ -94,8 +85,8 @@ async def test_an_event_reaches_the_same_handlers_in_the_same_order_as_mitmproxy
     table.addons.add(*chain())
     flow = tflow.tflow()
     with caplog.at_level(logging.ERROR):
-        expected = await calls_of(oracle, HttpRequestHook(flow))
-        got = await calls_of(table, HttpRequestHook(flow))
+        expected = await calls_of(oracle, HttpRequestHook(flow), calls)
+        got = await calls_of(table, HttpRequestHook(flow), calls)
     assert got == expected == [
         "first.request", "child.request", "grandchild.async-request", "broken.request", "last.async-request",
         "updates.update",  # handle_lifecycle's update event after the flow event
@@ -110,7 +101,8 @@ async def test_addon_halt_stops_the_event_as_in_mitmproxy(both: tuple[master.Mas
     for made in both:
         made.addons.add(Requests("a"), Halting("stop"), Requests("never"))
     flow = tflow.tflow()
-    assert await calls_of(table, HttpRequestHook(flow)) == await calls_of(oracle, HttpRequestHook(flow))
+    expected = await calls_of(oracle, HttpRequestHook(flow), calls)
+    assert await calls_of(table, HttpRequestHook(flow), calls) == expected
     assert calls == ["a.request", "stop.halt"]
 
 
@@ -121,11 +113,11 @@ async def test_addons_added_or_removed_later_are_seen_at_the_next_event(
     first = Requests("first")
     table.addons.add(first)
     flow = tflow.tflow()
-    assert await calls_of(table, HttpRequestHook(flow)) == ["first.request"]
+    assert await calls_of(table, HttpRequestHook(flow), calls) == ["first.request"]
     table.addons.add(Requests("second"))
-    assert await calls_of(table, HttpRequestHook(flow)) == ["first.request", "second.request"]
+    assert await calls_of(table, HttpRequestHook(flow), calls) == ["first.request", "second.request"]
     table.addons.remove(first)
-    assert await calls_of(table, HttpRequestHook(flow)) == ["second.request"]
+    assert await calls_of(table, HttpRequestHook(flow), calls) == ["second.request"]
 
 
 def user_script(path: Path, word: str) -> None:
@@ -134,43 +126,29 @@ def user_script(path: Path, word: str) -> None:
     )
 
 
-async def loaded(loader: script.ScriptLoader, paths: list[Path], word_of: dict[str, str]) -> None:
-    """Until each script's current text is loaded (the loader's file watcher loads them)."""
-    deadline = asyncio.get_running_loop().time() + 10
-    while asyncio.get_running_loop().time() < deadline:
-        current = {s.path: s.ns for s in loader.addons}
-        if all(current.get(str(p)) is not None and word_of[str(p)] in Path(p).read_text() for p in paths):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("scripts not loaded within 10 s")
-
-
 async def test_a_user_script_loaded_reordered_and_unloaded_is_followed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "hooktable_calls", types.SimpleNamespace(calls=calls))
-    made = managers(HookTable)
+    made = on_manager(HookTable)
     loader = script.ScriptLoader()
     made.addons.add(loader)
     one, two = tmp_path / "one.py", tmp_path / "two.py"
     user_script(one, "one")
     user_script(two, "two")
-    words = {str(one): "one", str(two): "two"}
     flow = tflow.tflow()
     made.options.update(scripts=[str(one), str(two)])
-    await loaded(loader, [one, two], words)
-    assert await calls_of(made, HttpRequestHook(flow)) == ["one", "two"]
+    await scripts_loaded(loader, 2)
+    assert await calls_of(made, HttpRequestHook(flow), calls) == ["one", "two"]
     made.options.update(scripts=[str(two), str(one)])  # reordered: no register or remove
-    assert await calls_of(made, HttpRequestHook(flow)) == ["two", "one"]
+    assert await calls_of(made, HttpRequestHook(flow), calls) == ["two", "one"]
     (first,) = [s for s in loader.addons if s.path == str(one)]
     first.loadscript()  # what the file watcher does when the file changes: remove, then register
-    assert await calls_of(made, HttpRequestHook(flow)) == ["two", "one"]
+    assert await calls_of(made, HttpRequestHook(flow), calls) == ["two", "one"]
     made.options.update(scripts=[str(two)])
-    assert await calls_of(made, HttpRequestHook(flow)) == ["two"]
+    assert await calls_of(made, HttpRequestHook(flow), calls) == ["two"]
     made.options.update(scripts=[])
-    assert await calls_of(made, HttpRequestHook(flow)) == []
-    for scripted in loader.addons:
-        scripted.done()
+    assert await calls_of(made, HttpRequestHook(flow), calls) == []
 
 
 async def test_the_lean_master_keeps_mitmproxys_dispatch_when_its_addon_manager_changed(
@@ -182,18 +160,9 @@ async def test_the_lean_master_keeps_mitmproxys_dispatch_when_its_addon_manager_
     # A mitmproxy whose AddonManager lacks something the table relies on:
     monkeypatch.setattr(hooktable, "_RELIES_ON", (*hooktable._RELIES_ON, "_a_method_it_renamed"))
     assert not hooktable.usable()
-    with caplog.at_level(logging.WARNING, logger="detour"):
-        lean = launcher.LeanMaster(options.Options())
-    try:
+    with caplog.at_level(logging.WARNING, logger="detour"), started(launcher.LeanMaster) as lean:
         assert type(lean.addons) is addonmanager.AddonManager
         assert "every addon sees every event" in caplog.text
-    finally:
-        lean.addons.get("errorcheck").finish()
-        lean._termlog_addon.uninstall()  # type: ignore[union-attr]
     monkeypatch.undo()
-    again = launcher.LeanMaster(options.Options())
-    try:
+    with started(launcher.LeanMaster) as again:
         assert isinstance(again.addons, HookTable)
-    finally:
-        again.addons.get("errorcheck").finish()
-        again._termlog_addon.uninstall()  # type: ignore[union-attr]

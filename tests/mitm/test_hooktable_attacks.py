@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mitmproxy import addonmanager, ctx, exceptions, hooks, master, options
+from masters import calls_of, on_manager, scripts_loaded
+from mitmproxy import addonmanager, ctx, exceptions, master
 from mitmproxy.addons import script
 from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.test import tflow
@@ -32,17 +33,8 @@ KINDS = pytest.mark.parametrize(
 )
 
 
-def managers(kind: type[addonmanager.AddonManager]) -> master.Master:
-    made = master.Master(options.Options())  # also makes it mitmproxy's ctx.master
-    made.options.changed.disconnect(made.addons._configure_all)
-    made.addons = kind(made)
-    return made
 
 
-async def calls_of(made: master.Master, event: hooks.Hook) -> list[str]:
-    calls.clear()
-    await made.addons.handle_lifecycle(event)
-    return list(calls)
 
 
 class Requests:
@@ -70,13 +62,6 @@ def user_script(path: Path, word: str, body: str = "") -> None:
     )
 
 
-async def scripts_loaded(loader: script.ScriptLoader, count: int) -> None:
-    deadline = asyncio.get_running_loop().time() + 10
-    while asyncio.get_running_loop().time() < deadline:
-        if len(loader.addons) == count and all(s.ns is not None for s in loader.addons):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("scripts not loaded within 10 s")
 
 
 def stop_watchers(loader: script.ScriptLoader) -> None:
@@ -118,10 +103,10 @@ class NotCallable:
 async def test_a_non_callable_hook_attribute_is_logged_and_the_other_addons_still_run(
     kind: type[addonmanager.AddonManager], caplog: pytest.LogCaptureFixture
 ) -> None:
-    made = managers(kind)
+    made = on_manager(kind)
     made.addons.add(Requests("first"), NotCallable(), Requests("last"))
     with caplog.at_level(logging.ERROR):
-        got = await calls_of(made, HttpRequestHook(tflow.tflow()))  # must not raise
+        got = await calls_of(made, HttpRequestHook(tflow.tflow()), calls)  # must not raise
     assert got == ["first.request", "last.request"]
     assert "not callable" in caplog.text
 
@@ -132,7 +117,7 @@ async def test_a_script_with_running_true_does_not_stop_the_running_event(
 ) -> None:
     """`running = True` at a script's top level: mitmproxy logs an addon error and every other
     addon still gets `running`; the table raises out of `Master.running()` (the master stops)."""
-    made = managers(kind)
+    made = on_manager(kind)
 
     class Started:
         name = "started"
@@ -156,7 +141,7 @@ async def test_a_script_with_running_true_does_not_stop_the_running_event(
 async def script_behind_a_slow_addon(
     kind: type[addonmanager.AddonManager], tmp_path: Path
 ) -> tuple[master.Master, Slow, script.ScriptLoader, Path]:
-    made = managers(kind)
+    made = on_manager(kind)
     slow = Slow()
     loader = script.ScriptLoader()
     made.addons.add(slow, loader)
@@ -173,16 +158,16 @@ async def test_a_script_reloaded_while_an_event_is_in_flight_gets_its_new_code(
 ) -> None:
     made, slow, loader, path = await script_behind_a_slow_addon(kind, tmp_path)
     try:
-        assert await calls_of(made, HttpRequestHook(tflow.tflow())) == ["slow", "old"]
+        assert await calls_of(made, HttpRequestHook(tflow.tflow()), calls) == ["slow", "old"]
 
         def edit_and_reload() -> None:  # the user saves the script; the file watcher reloads it
             user_script(path, "new")
             loader.addons[0].loadscript()
 
         slow.during = edit_and_reload
-        got = await calls_of(made, HttpRequestHook(tflow.tflow()))
+        got = await calls_of(made, HttpRequestHook(tflow.tflow()), calls)
         # mitmproxy reaches the script loader after `slow` and walks its scripts as they are then:
-        # the new code. The table calls the old module, whose `done` has already run.
+        # the new code. The table (before `1cf5e9b`) called the old module, whose `done` had run.
         assert got == ["slow", "old.done", "new"]
     finally:
         stop_watchers(loader)
@@ -195,8 +180,8 @@ async def test_a_script_unloaded_while_an_event_is_in_flight_is_not_called(
     made, slow, loader, _ = await script_behind_a_slow_addon(kind, tmp_path)
     try:
         slow.during = lambda: made.options.update(scripts=[])
-        got = await calls_of(made, HttpRequestHook(tflow.tflow()))
-        assert got == ["slow", "old.done"]  # the table also calls "old" after its done
+        got = await calls_of(made, HttpRequestHook(tflow.tflow()), calls)
+        assert got == ["slow", "old.done"]  # the table (before `1cf5e9b`) also called "old" after its done
     finally:
         stop_watchers(loader)
 
@@ -215,7 +200,7 @@ async def test_a_script_added_while_an_event_is_in_flight_is_called(
             await scripts_loaded(loader, 2)
 
         slow.during = add_a_script
-        got = await calls_of(made, HttpRequestHook(tflow.tflow()))
+        got = await calls_of(made, HttpRequestHook(tflow.tflow()), calls)
         assert got == ["slow", "old", "other"]
     finally:
         stop_watchers(loader)
@@ -230,8 +215,9 @@ async def test_an_error_in_one_scripts_hook_skips_the_later_scripts_as_in_mitmdu
 ) -> None:
     """mitmproxy runs each top-level addon (the script loader, with every `-s` script under it)
     under one `safecall`: when script one's `request` raises, script two's `request` is skipped
-    for that event. The table runs every handler under its own `safecall`, so script two runs."""
-    made = managers(kind)
+    for that event. The table (before `1cf5e9b`) ran every handler under its own `safecall`, so
+    script two ran."""
+    made = on_manager(kind)
     loader = script.ScriptLoader()
     made.addons.add(loader)
     one, two = tmp_path / "one.py", tmp_path / "two.py"
@@ -244,7 +230,7 @@ async def test_an_error_in_one_scripts_hook_skips_the_later_scripts_as_in_mitmdu
     try:
         await scripts_loaded(loader, 2)
         with caplog.at_level(logging.ERROR):
-            got = await calls_of(made, HttpRequestHook(tflow.tflow()))
+            got = await calls_of(made, HttpRequestHook(tflow.tflow()), calls)
         assert got == ["one"]
         assert "bug in one" in caplog.text
     finally:
@@ -275,14 +261,14 @@ class Toggle:
 
 @KINDS
 async def test_a_hook_set_or_deleted_at_runtime_is_followed(kind: type[addonmanager.AddonManager]) -> None:
-    made = managers(kind)
+    made = on_manager(kind)
     made.addons.add(Toggle())
     flow = tflow.tflow()
-    assert await calls_of(made, HttpRequestHook(flow)) == []
+    assert await calls_of(made, HttpRequestHook(flow), calls) == []
     made.options.update(toggle_requests=True)
-    assert await calls_of(made, HttpRequestHook(flow)) == ["toggle.request"]
+    assert await calls_of(made, HttpRequestHook(flow), calls) == ["toggle.request"]
     made.options.update(toggle_requests=False)
-    assert await calls_of(made, HttpRequestHook(flow)) == []
+    assert await calls_of(made, HttpRequestHook(flow), calls) == []
 
 
 @KINDS
@@ -303,12 +289,12 @@ async def test_a_sub_addon_list_changed_at_runtime_is_followed(kind: type[addonm
             if "swapper_target" in updated:
                 self.addons = [Requests(ctx.options.swapper_target)]
 
-    made = managers(kind)
+    made = on_manager(kind)
     made.addons.add(Swapper())
     flow = tflow.tflow()
-    assert await calls_of(made, HttpRequestHook(flow)) == ["before.request"]
+    assert await calls_of(made, HttpRequestHook(flow), calls) == ["before.request"]
     made.options.update(swapper_target="after")
-    assert await calls_of(made, HttpRequestHook(flow)) == ["after.request"]
+    assert await calls_of(made, HttpRequestHook(flow), calls) == ["after.request"]
 
 
 # Held up (kept as regressions): AddonHalt from an async sub-addon stops the event in both.
@@ -324,6 +310,6 @@ class AsyncHalt:
 
 @KINDS
 async def test_addon_halt_from_an_async_hook_stops_the_event(kind: type[addonmanager.AddonManager]) -> None:
-    made = managers(kind)
+    made = on_manager(kind)
     made.addons.add(Requests("a"), AsyncHalt(), Requests("never"))
-    assert await calls_of(made, HttpRequestHook(tflow.tflow())) == ["a.request", "async-halt"]
+    assert await calls_of(made, HttpRequestHook(tflow.tflow()), calls) == ["a.request", "async-halt"]

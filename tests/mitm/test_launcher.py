@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from masters import started
 from mitmproxy import options
 
 from addon.mitm import launcher
@@ -20,12 +21,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 async def lean() -> AsyncIterator[launcher.LeanMaster]:
-    """A lean master (not running): its addons are loaded, so its options exist. Its log handlers
-    (event log, error check) are process-wide: taken out again afterwards."""
-    master = launcher.LeanMaster(options.Options())
-    yield master
-    master.addons.get("errorcheck").finish()
-    master._termlog_addon.uninstall()  # type: ignore[union-attr]
+    """A lean master (not running): its addons are loaded, so its options exist."""
+    with started(launcher.LeanMaster) as master:
+        assert isinstance(master, launcher.LeanMaster)
+        yield master
 
 
 def parse(supported: options.Options, *argv: str) -> argparse.Namespace:

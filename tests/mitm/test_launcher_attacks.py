@@ -3,7 +3,7 @@
 and the lean master silently lost.
 
 Each test runs the same hook through mitmdump's own master (the control, which passes) and through
-the lean master (which fails on the code under review).
+the lean master (which failed before `11b8538`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from mitmproxy import addons, dns, master, options
+from masters import started
+from mitmproxy import addons, dns, master
 from mitmproxy.http import Request
 from mitmproxy.net.dns import https_records
 from mitmproxy.proxy.layers.dns import DnsResponseHook
@@ -27,14 +28,8 @@ from addon.mitm import launcher
 async def either(request: pytest.FixtureRequest) -> AsyncIterator[master.Master]:
     """mitmdump's master (the control) or the lean one; their process-wide log handlers are taken
     out again afterwards, as in test_launcher.py."""
-    made: master.Master
-    if request.param == "lean":
-        made = launcher.LeanMaster(options.Options())
-    else:
-        made = DumpMaster(options.Options())
-    yield made
-    made.addons.get("errorcheck").finish()
-    made._termlog_addon.uninstall()  # type: ignore[union-attr]
+    with started(launcher.LeanMaster if request.param == "lean" else DumpMaster) as made:
+        yield made
 
 
 async def test_mitm_it_onboarding_is_served_as_under_mitmdump(either: master.Master) -> None:
@@ -68,13 +63,9 @@ async def test_reverse_mode_alt_svc_is_pointed_at_the_proxy_as_under_mitmdump(ei
 async def test_kept_addons_run_in_mitmdumps_relative_order() -> None:
     # The lean master claims mitmdump's order for what it keeps. mitmproxy 12 moved DnsResolver after
     # ScriptLoader (so a `-s` script's dns_request can answer before the resolver queries DNS); the
-    # lean master hard-codes mitmproxy 11's order. Passes on mitmproxy 11, fails on mitmproxy 12.
-    lean = launcher.LeanMaster(options.Options())
-    try:
+    # lean master hard-coded mitmproxy 11's order (before `11b8538`: passed on 11, failed on 12).
+    with started(launcher.LeanMaster) as lean:
         kept = [type(a).__name__ for a in lean.addons.chain if type(a).__name__ != "Detour"]
-    finally:
-        lean.addons.get("errorcheck").finish()
-        lean._termlog_addon.uninstall()  # type: ignore[union-attr]
     mitmdump = [type(a).__name__ for a in addons.default_addons()]
     in_mitmdump = [name for name in mitmdump if name in kept]
     assert [name for name in kept if name in in_mitmdump] == in_mitmdump
